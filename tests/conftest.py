@@ -1,0 +1,61 @@
+"""Shared test helpers: random BatchNorm statistics and relative-error comparison."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+def randomize_bn_(bn: nn.modules.batchnorm._BatchNorm, generator: torch.Generator, wide: bool = True) -> None:
+    """Give a BatchNorm realistic-to-extreme statistics and affine parameters (in place).
+
+    wide=True: running_var across 1e-3..1e3 and |gamma| across 1e-2..10 with some negative gamma, as
+    the core acceptance tests ask. wide=False: ImageNet-like values for whole-network comparisons.
+    """
+    c = bn.num_features
+    with torch.no_grad():
+        dtype = bn.running_mean.dtype if bn.running_mean is not None else torch.float32
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+        def randn(*shape):
+            return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+        if bn.running_mean is not None:
+            if wide:
+                bn.running_mean.copy_(randn(c) * 2)
+                bn.running_var.copy_(10 ** (rand(c) * 6 - 3))
+            else:
+                bn.running_mean.copy_(randn(c) * 0.3)
+                bn.running_var.copy_(0.5 + rand(c))
+        if bn.affine:
+            if wide:
+                sign = torch.where(rand(c) < 0.25, -1.0, 1.0).to(dtype)
+                bn.weight.copy_(sign * 10 ** (rand(c) * 3 - 2))
+                bn.bias.copy_(randn(c))
+            else:
+                bn.weight.copy_(0.5 + rand(c))
+                bn.bias.copy_(randn(c) * 0.1)
+
+
+def randomize_all_bn_(model: nn.Module, seed: int = 0, wide: bool = False) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            randomize_bn_(module, generator, wide=wide)
+    return model
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Norm-wise relative error ||actual - expected|| / ||expected|| (0 when both are zero)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    denom = expected.norm().item()
+    diff = (actual - expected).norm().item()
+    return diff if denom == 0 else diff / denom
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

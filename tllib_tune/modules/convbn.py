@@ -1,0 +1,587 @@
+"""ConvBN and LinearBN blocks that compute in one of four modes: train, eval, tune, deploy.
+
+A block owns a linear operator (``.conv``: Conv1d/2d/3d, or ``.linear``) and a BatchNorm ``.bn``.
+With s = gamma / sqrt(running_var + eps) per output channel:
+
+* train  -- operator, then BatchNorm as PyTorch computes it (batch statistics while ``training``).
+* eval   -- operator, then BatchNorm with the running statistics, never updated.
+* tune   -- one operator call with the weight ``W * s`` and bias ``beta + (b - mean) * s``, folded on
+  every call inside :class:`TuneFunction`, which keeps only the input for backward and recomputes the
+  folded weight there. Same function of the same parameters as eval, with deploy's activation memory.
+* deploy -- the fold is written into the parameters once, when the mode is entered; leaving deploy
+  unfolds them. ``state_dict()`` always holds the unfolded (canonical) values, so checkpoints are
+  interchangeable between modes.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Mode", "ConvBNBase", "ConvBN", "LinearBN", "TuneFunction", "MODE_CHOICES"]
+
+
+class Mode(str, Enum):
+    """Computation mode of a ConvBN block. Strings are accepted anywhere, case-insensitively."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+    TUNE = "tune"
+    DEPLOY = "deploy"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Mode":
+        if isinstance(value, str):
+            for member in cls:
+                if member.value == value.strip().lower():
+                    return member
+        raise ValueError(f"unknown mode {value!r}; choose one of: {', '.join(MODE_CHOICES)}")
+
+    @classmethod
+    def parse(cls, value: Union[str, "Mode"]) -> "Mode":
+        """Return the Mode named by ``value`` (a Mode or a string such as "Tune")."""
+        return value if isinstance(value, Mode) else cls(value)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MODE_CHOICES: Tuple[str, ...] = tuple(m.value for m in Mode)
+
+# The operator a block folds BatchNorm into. ("linear",) or ("conv", stride, padding, dilation, groups).
+OpSpec = Tuple[Any, ...]
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would run a convolution in for ``x``, or x's own dtype outside autocast."""
+    device_type = x.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if not enabled or not x.is_floating_point():
+        return x.dtype
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+def _fold_dtype(weight: Tensor) -> torch.dtype:
+    """Folding runs in at least float32, whatever the parameters' or autocast's dtype."""
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
+def _inv_std(running_var: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    return torch.rsqrt(running_var.to(dtype) + eps)
+
+
+def _scale(gamma: Optional[Tensor], running_var: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    inv_std = _inv_std(running_var, eps, dtype)
+    return inv_std if gamma is None else gamma.to(dtype) * inv_std
+
+
+def _channel_view(t: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-output-channel vector to broadcast against a weight of ``ndim`` dimensions."""
+    return t.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def _folded_bias(
+    bias: Optional[Tensor], beta: Optional[Tensor], mean: Tensor, scale: Tensor, dtype: torch.dtype
+) -> Tensor:
+    centred = -mean.to(dtype) if bias is None else bias.to(dtype) - mean.to(dtype)
+    shift = centred * scale
+    return shift if beta is None else shift + beta.to(dtype)
+
+
+def _forward_op(spec: OpSpec, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    if spec[0] == "linear":
+        return F.linear(x, weight, bias)
+    _, stride, padding, dilation, groups = spec
+    return torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+
+
+def _backward_op(
+    spec: OpSpec, grad: Tensor, x: Tensor, weight: Tensor, mask: Tuple[bool, bool, bool]
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients of the operator's input, weight and bias, each computed only where ``mask`` asks."""
+    if spec[0] == "linear":
+        grad_x = grad @ weight if mask[0] else None
+        grad_w = grad.t() @ x if mask[1] else None
+        grad_b = grad.sum(0) if mask[2] else None
+        return grad_x, grad_w, grad_b
+    _, stride, padding, dilation, groups = spec
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        weight,
+        [weight.shape[0]],
+        stride,
+        padding,
+        dilation,
+        False,
+        [0] * len(stride),
+        groups,
+        list(mask),
+    )
+    return (grad_x if mask[0] else None, grad_w if mask[1] else None, grad_b if mask[2] else None)
+
+
+class TuneFunction(torch.autograd.Function):
+    """Operator with BatchNorm folded into its weight on the fly (the paper's Tune mode).
+
+    ``apply(x, weight, bias, gamma, beta, running_mean, running_var, eps, spec, compute_dtype)``.
+    Keeps x (in ``compute_dtype``) and the module's own tensors for backward; the folded weight is
+    recomputed in backward, so no weight-sized temporary stays alive between forward and backward.
+    Folding happens in float32 (or float64 for float64 parameters) and is cast to ``compute_dtype``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        gamma: Optional[Tensor],
+        beta: Optional[Tensor],
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: float,
+        spec: OpSpec,
+        compute_dtype: torch.dtype,
+    ) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            fold = _fold_dtype(weight)
+            scale = _scale(gamma, running_var, eps, fold)
+            folded_w = (weight.to(fold) * _channel_view(scale, weight.dim())).to(compute_dtype)
+            folded_b = _folded_bias(bias, beta, running_mean, scale, fold).to(compute_dtype)
+            x = x.to(compute_dtype)
+            out = _forward_op(spec, x, folded_w, folded_b)
+        ctx.save_for_backward(x, weight, bias, gamma, running_mean, running_var)
+        ctx.eps, ctx.spec, ctx.compute_dtype, ctx.input_dtype = eps, spec, compute_dtype, x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
+        need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
+        need_folded_w = need_w or need_gamma
+        need_folded_b = need_b or need_beta or need_gamma
+        grad_x = grad_w = grad_b = grad_gamma = grad_beta = None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            fold = _fold_dtype(weight)
+            inv_std = _inv_std(running_var, ctx.eps, fold)
+            scale = inv_std if gamma is None else gamma.to(fold) * inv_std
+            scale_w = _channel_view(scale, weight.dim())
+            folded_w = (weight.to(fold) * scale_w).to(ctx.compute_dtype)
+            grad_x, grad_folded_w, grad_folded_b = _backward_op(
+                ctx.spec,
+                grad_out.to(ctx.compute_dtype),
+                x,
+                folded_w,
+                (need_x, need_folded_w, need_folded_b),
+            )
+            if grad_folded_w is not None:
+                grad_folded_w = grad_folded_w.to(fold)
+                if need_w:
+                    grad_w = (grad_folded_w * scale_w).to(weight.dtype)
+            if grad_folded_b is not None:
+                grad_folded_b = grad_folded_b.to(fold)
+                if need_beta:
+                    grad_beta = grad_folded_b.to(gamma.dtype if gamma is not None else weight.dtype)
+                if need_b:
+                    grad_b = (grad_folded_b * scale).to(bias.dtype)
+            if need_gamma:
+                centred = (bias.to(fold) if bias is not None else 0.0) - running_mean.to(fold)
+                per_channel = grad_folded_w * weight.to(fold)
+                grad_scale = per_channel.reshape(weight.shape[0], -1).sum(1) + grad_folded_b * centred
+                grad_gamma = (grad_scale * inv_std).to(gamma.dtype)
+        if grad_x is not None:
+            grad_x = grad_x.to(ctx.input_dtype)
+        return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None
+
+
+_BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class ConvBNBase(nn.Module):
+    """Shared mode machinery of :class:`ConvBN` and :class:`LinearBN`.
+
+    Subclasses name their operator in ``op_attr`` and describe it in :meth:`_op_spec`.
+    ``module.train()``/``module.eval()`` keep their PyTorch meaning; ``.mode`` chooses the computation.
+    """
+
+    op_attr = "conv"
+    bn: nn.modules.batchnorm._BatchNorm
+
+    def __init__(self, op: nn.Module, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode]) -> None:
+        super().__init__()
+        setattr(self, self.op_attr, op)
+        self.bn = bn
+        self._mode = Mode.TRAIN
+        self.register_load_state_dict_post_hook(_refold_after_load)
+        self.mode = mode
+
+    # --- the operator -------------------------------------------------------------------------
+    @property
+    def op(self) -> nn.Module:
+        return getattr(self, self.op_attr)
+
+    def _op_spec(self) -> OpSpec:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        """Hook for padding that the plain operator call does not do itself."""
+        return x
+
+    # --- mode ---------------------------------------------------------------------------------
+    @property
+    def mode(self) -> Mode:
+        """The computation: "train", "eval", "tune" or "deploy" (a :class:`Mode`)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: Union[str, Mode]) -> None:
+        new = Mode.parse(value)
+        if new is not Mode.TRAIN:
+            self._check_running_stats(new)
+        if new is self._mode:
+            return
+        with torch.no_grad():
+            if self._mode is Mode.DEPLOY:
+                self._unfold_()
+            if new is Mode.DEPLOY:
+                self._fold_()
+        self._mode = new
+
+    def _check_running_stats(self, mode: Mode) -> None:
+        if self.bn.running_mean is None or self.bn.running_var is None:
+            raise ValueError(
+                f"{type(self).__name__}: mode {mode.value!r} computes with BatchNorm's running statistics, "
+                "but this block's BatchNorm has none (track_running_stats=False). Use mode 'train', or "
+                "build the BatchNorm with track_running_stats=True."
+            )
+
+    def extra_repr(self) -> str:
+        return f"mode={self._mode.value}"
+
+    # --- folding ------------------------------------------------------------------------------
+    def _scale(self, dtype: torch.dtype) -> Tensor:
+        gamma = self.bn.weight if self.bn.affine else None
+        return _scale(gamma, self.bn.running_var, self.bn.eps, dtype)
+
+    def folded_weight_and_bias(self) -> Tuple[Tensor, Tensor]:
+        """The (weight, bias) of the single operator equal to this block in eval mode (new tensors)."""
+        with torch.no_grad():
+            weight, bias, gamma, beta = self._canonical_tensors()
+            fold = _fold_dtype(weight)
+            scale = _scale(gamma, self.bn.running_var, self.bn.eps, fold)
+            folded_w = weight.to(fold) * _channel_view(scale, weight.dim())
+            folded_b = _folded_bias(bias, beta, self.bn.running_mean, scale, fold)
+            return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
+
+    def _fold_(self) -> None:
+        """Write the fold into the parameters in place (entering deploy)."""
+        weight, bias = self.op.weight, self.op.bias
+        fold = _fold_dtype(weight)
+        scale = self._scale(fold)
+        if bool((scale == 0).any()):
+            zero = torch.nonzero(scale == 0).flatten().tolist()
+            raise ValueError(
+                f"{type(self).__name__}: cannot enter deploy mode, BatchNorm weight (gamma) is zero for "
+                f"output channels {zero[:10]}; the fold could not be undone. Use tune mode instead."
+            )
+        mean = self.bn.running_mean.to(fold)
+        if self.bn.affine:
+            centred = -mean if bias is None else bias.to(fold) - mean
+            self.bn.bias.copy_(self.bn.bias.to(fold) + centred * scale)
+        elif bias is not None:
+            bias.copy_((bias.to(fold) - mean) * scale)
+        weight.copy_(weight.to(fold) * _channel_view(scale, weight.dim()))
+
+    def _unfold_(self) -> None:
+        """Undo :meth:`_fold_` (leaving deploy)."""
+        weight, bias = self.op.weight, self.op.bias
+        fold = _fold_dtype(weight)
+        scale = self._scale(fold)
+        mean = self.bn.running_mean.to(fold)
+        weight.copy_(weight.to(fold) / _channel_view(scale, weight.dim()))
+        if self.bn.affine:
+            centred = -mean if bias is None else bias.to(fold) - mean
+            self.bn.bias.copy_(self.bn.bias.to(fold) - centred * scale)
+        elif bias is not None:
+            bias.copy_(bias.to(fold) / scale + mean)
+
+    def _deploy_bias(self) -> Optional[Tensor]:
+        if self.bn.affine:
+            return self.bn.bias
+        if self.op.bias is not None:
+            return self.op.bias
+        with torch.no_grad():
+            scale = self._scale(_fold_dtype(self.op.weight))
+            return (-self.bn.running_mean * scale).to(self.op.weight.dtype)
+
+    def _canonical_tensors(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """(W, b, gamma, beta) as eval mode sees them, unfolded if the block is in deploy."""
+        weight, bias = self.op.weight, self.op.bias
+        gamma = self.bn.weight if self.bn.affine else None
+        beta = self.bn.bias if self.bn.affine else None
+        if self._mode is not Mode.DEPLOY:
+            return weight, bias, gamma, beta
+        with torch.no_grad():
+            fold = _fold_dtype(weight)
+            scale = self._scale(fold)
+            mean = self.bn.running_mean.to(fold)
+            weight = (weight.to(fold) / _channel_view(scale, weight.dim())).to(weight.dtype)
+            if beta is not None:
+                centred = -mean if bias is None else bias.to(fold) - mean
+                beta = (beta.to(fold) - centred * scale).to(beta.dtype)
+            elif bias is not None:
+                bias = (bias.to(fold) / scale + mean).to(bias.dtype)
+        return weight, bias, gamma, beta
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Like :meth:`nn.Module.state_dict`, but always with unfolded (eval-mode) values."""
+        state = super().state_dict(*args, **kwargs)
+        if self._mode is Mode.DEPLOY:
+            prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+            weight, bias, _, beta = self._canonical_tensors()
+            state[f"{prefix}{self.op_attr}.weight"] = weight.detach().clone()
+            if bias is not None:
+                state[f"{prefix}{self.op_attr}.bias"] = bias.detach().clone()
+            if beta is not None:
+                state[f"{prefix}bn.bias"] = beta.detach().clone()
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args, **kwargs) -> None:
+        # Children load after this; unfold first so that keys the checkpoint lacks stay consistent.
+        if self._mode is Mode.DEPLOY:
+            with torch.no_grad():
+                self._unfold_()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        mode = self._mode
+        if mode is Mode.TRAIN:
+            return self.bn(self.op(x))
+        self._check_running_stats(mode)
+        bn = self.bn
+        if mode is Mode.EVAL:
+            return F.batch_norm(
+                self.op(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
+        x = self._prepare_input(x)
+        spec = self._op_spec()
+        if mode is Mode.TUNE:
+            return TuneFunction.apply(
+                x,
+                self.op.weight,
+                self.op.bias,
+                bn.weight if bn.affine else None,
+                bn.bias if bn.affine else None,
+                bn.running_mean,
+                bn.running_var,
+                bn.eps,
+                spec,
+                _autocast_dtype(x),
+            )
+        return _forward_op(spec, x, self.op.weight, self._deploy_bias())
+
+
+def _refold_after_load(module: ConvBNBase, incompatible_keys: Any) -> None:
+    if module._mode is Mode.DEPLOY:
+        with torch.no_grad():
+            module._fold_()
+
+
+def _ntuple(value: Union[int, Sequence[int]], n: int, name: str) -> Tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"{name}={value!r} needs {n} values for a {n}-d convolution")
+    return value
+
+
+class ConvBN(ConvBNBase):
+    """Convolution (1-, 2- or 3-d) followed by BatchNorm, switchable among train/eval/tune/deploy.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode:
+            as for ``nn.Conv2d``; ``bias`` defaults to False since BatchNorm follows.
+        padding: default ``(kernel_size - 1) // 2 * dilation`` per dimension (keeps the size at
+            stride 1 for odd kernels); an int, a tuple, "same" or "valid" as for ``nn.Conv2d``.
+        dim: 1, 2 or 3: the convolution and BatchNorm type.
+        eps, momentum, affine, track_running_stats: as for ``nn.BatchNorm2d``.
+        mode: initial mode (default "train", which is plain Conv + BatchNorm).
+
+    Example::
+
+        block = ConvBN(64, 128, kernel_size=3, stride=2)
+        block.mode = "tune"
+    """
+
+    op_attr = "conv"
+    conv: nn.modules.conv._ConvNd
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Sequence[int]] = 3,
+        stride: Union[int, Sequence[int]] = 1,
+        padding: Union[None, int, str, Sequence[int]] = None,
+        dilation: Union[int, Sequence[int]] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        padding_mode: str = "zeros",
+        dim: int = 2,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        mode: Union[str, Mode] = Mode.TRAIN,
+        device: Any = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        if dim not in _CONV_TYPES:
+            raise ValueError(f"dim={dim!r} is not supported; use 1, 2 or 3")
+        if padding is None:
+            kernel = _ntuple(kernel_size, dim, "kernel_size")
+            dil = _ntuple(dilation, dim, "dilation")
+            padding = tuple((k - 1) // 2 * d for k, d in zip(kernel, dil))
+        factory = {"device": device, "dtype": dtype}
+        conv = _CONV_TYPES[dim](
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            **factory,
+        )
+        bn = _BN_TYPES[dim](
+            out_channels,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=track_running_stats,
+            **factory,
+        )
+        super().__init__(conv, bn, mode)
+
+    @classmethod
+    def from_modules(
+        cls, conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode] = "train"
+    ) -> "ConvBN":
+        """Wrap an existing convolution and BatchNorm (their parameters are shared, not copied)."""
+        if not isinstance(conv, tuple(_CONV_TYPES.values())) or conv.transposed:
+            raise TypeError(f"ConvBN.from_modules needs an nn.Conv1d/2d/3d, got {type(conv).__name__}")
+        _check_bn(bn, conv.out_channels, type(conv).__name__)
+        block = cls.__new__(cls)
+        ConvBNBase.__init__(block, conv, bn, mode)
+        return block
+
+    def _padding_pairs(self) -> Optional[Tuple[int, ...]]:
+        """F.pad-style pads (last dimension first) when padding is not a symmetric int per side."""
+        conv = self.conv
+        if not isinstance(conv.padding, str) and conv.padding_mode == "zeros":
+            return None
+        pads = []
+        for k, d, p in reversed(list(zip(conv.kernel_size, conv.dilation, _padding_ints(conv)))):
+            if conv.padding == "same":
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            else:
+                pads += [p, p]
+        return tuple(pads)
+
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        pads = self._padding_pairs()
+        if pads is None or not any(pads):
+            return x
+        mode = "constant" if self.conv.padding_mode == "zeros" else self.conv.padding_mode
+        return F.pad(x, pads, mode=mode)
+
+    def _op_spec(self) -> OpSpec:
+        conv = self.conv
+        padding = list(_padding_ints(conv)) if self._padding_pairs() is None else [0] * len(conv.kernel_size)
+        return ("conv", list(conv.stride), padding, list(conv.dilation), conv.groups)
+
+
+def _padding_ints(conv: nn.modules.conv._ConvNd) -> Tuple[int, ...]:
+    if isinstance(conv.padding, str):
+        return (0,) * len(conv.kernel_size)
+    return tuple(conv.padding)
+
+
+def _check_bn(bn: nn.Module, channels: int, op_name: str) -> None:
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"expected a BatchNorm layer after the {op_name}, got {type(bn).__name__}")
+    if bn.num_features != channels:
+        raise ValueError(
+            f"BatchNorm has {bn.num_features} features but the {op_name} produces {channels} channels"
+        )
+
+
+class LinearBN(ConvBNBase):
+    """Linear layer followed by BatchNorm1d on 2-D input ([N, features]), with the four modes.
+
+    Used for classifier bottlenecks. Arguments as for ``nn.Linear`` and ``nn.BatchNorm1d``.
+    """
+
+    op_attr = "linear"
+    linear: nn.Linear
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        mode: Union[str, Mode] = Mode.TRAIN,
+        device: Any = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        factory = {"device": device, "dtype": dtype}
+        linear = nn.Linear(in_features, out_features, bias=bias, **factory)
+        bn = nn.BatchNorm1d(
+            out_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
+            **factory,
+        )
+        super().__init__(linear, bn, mode)
+
+    @classmethod
+    def from_modules(
+        cls, linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode] = "train"
+    ) -> "LinearBN":
+        """Wrap an existing Linear and BatchNorm1d (their parameters are shared, not copied)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"LinearBN.from_modules needs an nn.Linear, got {type(linear).__name__}")
+        _check_bn(bn, linear.out_features, "Linear")
+        block = cls.__new__(cls)
+        ConvBNBase.__init__(block, linear, bn, mode)
+        return block
+
+    def _op_spec(self) -> OpSpec:
+        return ("linear",)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ValueError(
+                f"LinearBN expects input of shape [batch, {self.linear.in_features}], got {tuple(x.shape)}; "
+                "flatten the features first"
+            )
+        return super().forward(x)

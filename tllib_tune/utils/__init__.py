@@ -1,0 +1,1 @@
+"""Utilities shared by the engine, examples and scripts: memory accounting and friends."""

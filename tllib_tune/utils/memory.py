@@ -1,0 +1,98 @@
+"""Activation memory: the bytes a forward pass keeps alive for backward.
+
+Counted as distinct tensor storages handed to autograd's saved-tensor hooks, excluding the storages
+of the model's own parameters and buffers. The figure is exact and the same on every machine, which is
+why tests may assert it while times are only ever reported by the benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SavedTensorMeter", "activation_bytes", "MIB"]
+
+MIB = 1024**2
+
+
+def _storage_key(t: Tensor) -> Optional[tuple]:
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. fake tensors)
+        return None
+    return (t.device, storage.data_ptr(), storage.nbytes())
+
+
+class SavedTensorMeter:
+    """Context manager that sums the bytes of distinct storages saved for backward.
+
+    Args:
+        exclude: modules or tensors whose storages are not activations (usually the model itself).
+
+    Example::
+
+        with SavedTensorMeter(exclude=[model]) as meter:
+            loss = model(x).sum()
+        print(meter.bytes / 2**20, "MiB")
+    """
+
+    def __init__(self, exclude: Iterable[Any] = ()) -> None:
+        self._excluded = set()
+        for item in exclude:
+            tensors = (
+                list(item.parameters()) + list(item.buffers()) if isinstance(item, nn.Module) else [item]
+            )
+            for t in tensors:
+                key = _storage_key(t)
+                if key is not None:
+                    self._excluded.add(key[:2])
+        self._storages: Dict[tuple, int] = {}
+        self._hooks: Optional[torch.autograd.graph.saved_tensors_hooks] = None
+
+    def _pack(self, t: Tensor) -> Tensor:
+        key = _storage_key(t)
+        if key is not None and key[:2] not in self._excluded and key[1] != 0:
+            self._storages[key[:2]] = key[2]
+        return t
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._storages.clear()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._hooks is not None
+        self._hooks.__exit__(*exc)
+        self._hooks = None
+
+    @property
+    def bytes(self) -> int:
+        """Total bytes of the distinct storages saved so far."""
+        return sum(self._storages.values())
+
+    @property
+    def num_tensors(self) -> int:
+        return len(self._storages)
+
+
+def activation_bytes(
+    model: nn.Module,
+    *inputs: Any,
+    loss_fn: Optional[Callable[[Any], Tensor]] = None,
+    backward: bool = True,
+) -> int:
+    """Run one forward of ``model(*inputs)`` and return its saved-for-backward bytes.
+
+    The forward runs with autograd enabled; ``backward`` then frees the graph (a loss is formed by
+    ``loss_fn`` or, by default, the sum of the output).
+    """
+    with SavedTensorMeter(exclude=[model]) as meter:
+        out = model(*inputs)
+    if backward:
+        loss = loss_fn(out) if loss_fn is not None else out.float().sum()
+        if loss.requires_grad:
+            loss.backward()
+    return meter.bytes
