@@ -31,7 +31,9 @@ def build(depth: int, width: int) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -55,7 +57,9 @@ def main() -> None:
 
     ref_out, ref_gx, ref_gp, ref_mem = results["eval"]
     print(f"{args.depth} ConvBN+ReLU blocks, input {tuple(x.shape)}, float64; compared with eval mode")
-    print(f"{'mode':<8}{'max |out diff|':>16}{'max |dx diff|':>16}{'rel param-grad diff':>22}{'act. MiB':>11}")
+    print(
+        f"{'mode':<8}{'max |out diff|':>16}{'max |dx diff|':>16}{'rel param-grad diff':>22}{'act. MiB':>11}"
+    )
     for mode, (out, gx, gp, mem) in results.items():
         same_params = gp.numel() == ref_gp.numel() and mode != "deploy"
         grad_diff = f"{((gp - ref_gp).norm() / ref_gp.norm()).item():.2e}" if same_params else "n/a"

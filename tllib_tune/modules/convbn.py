@@ -34,7 +34,7 @@ class Mode(str, Enum):
     DEPLOY = "deploy"
 
     @classmethod
-    def _missing_(cls, value: object) -> "Mode":
+    def _missing_(cls, value: object) -> Mode:
         if isinstance(value, str):
             for member in cls:
                 if member.value == value.strip().lower():
@@ -42,7 +42,7 @@ class Mode(str, Enum):
         raise ValueError(f"unknown mode {value!r}; choose one of: {', '.join(MODE_CHOICES)}")
 
     @classmethod
-    def parse(cls, value: Union[str, "Mode"]) -> "Mode":
+    def parse(cls, value: Union[str, Mode]) -> Mode:
         """Return the Mode named by ``value`` (a Mode or a string such as "Tune")."""
         return value if isinstance(value, Mode) else cls(value)
 
@@ -481,8 +481,11 @@ class ConvBN(ConvBNBase):
 
     @classmethod
     def from_modules(
-        cls, conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode] = "train"
-    ) -> "ConvBN":
+        cls,
+        conv: nn.modules.conv._ConvNd,
+        bn: nn.modules.batchnorm._BatchNorm,
+        mode: Union[str, Mode] = "train",
+    ) -> ConvBN:
         """Wrap an existing convolution and BatchNorm (their parameters are shared, not copied)."""
         if not isinstance(conv, tuple(_CONV_TYPES.values())) or conv.transposed:
             raise TypeError(f"ConvBN.from_modules needs an nn.Conv1d/2d/3d, got {type(conv).__name__}")
@@ -558,7 +561,11 @@ class LinearBN(ConvBNBase):
         factory = {"device": device, "dtype": dtype}
         linear = nn.Linear(in_features, out_features, bias=bias, **factory)
         bn = nn.BatchNorm1d(
-            out_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
+            out_features,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=track_running_stats,
             **factory,
         )
         super().__init__(linear, bn, mode)
@@ -566,7 +573,7 @@ class LinearBN(ConvBNBase):
     @classmethod
     def from_modules(
         cls, linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode] = "train"
-    ) -> "LinearBN":
+    ) -> LinearBN:
         """Wrap an existing Linear and BatchNorm1d (their parameters are shared, not copied)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"LinearBN.from_modules needs an nn.Linear, got {type(linear).__name__}")

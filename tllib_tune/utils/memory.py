@@ -57,7 +57,7 @@ class SavedTensorMeter:
             self._storages[key[:2]] = key[2]
         return t
 
-    def __enter__(self) -> "SavedTensorMeter":
+    def __enter__(self) -> SavedTensorMeter:
         self._storages.clear()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
