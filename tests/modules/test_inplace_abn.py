@@ -193,7 +193,7 @@ def test_input_saved_by_another_op_raises_at_backward():
 class ToyBottleneck(nn.Module):
     """A bottleneck following the zoo's convention: conv3's output meets the residual before act3."""
 
-    inplace_abn_pairs = (("conv1", "act1"), ("conv2", "act2"))
+    conv_act_pairs = (("conv1", "act1"), ("conv2", "act2"))
 
     def __init__(self, channels: int, mid: int, conv_bias: bool = False) -> None:
         super().__init__()
@@ -211,7 +211,7 @@ class ToyBottleneck(nn.Module):
 
 
 class ToyNet(nn.Module):
-    inplace_abn_pairs = (("conv1", "act1"),)
+    conv_act_pairs = (("conv1", "act1"),)
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()
@@ -313,13 +313,13 @@ def test_converted_model_saves_less_activation_memory_in_train_mode():
 
 
 def test_converter_errors():
-    with pytest.raises(ValueError, match="found nothing to convert.*inplace_abn_pairs"):
+    with pytest.raises(ValueError, match="found nothing to convert.*conv_act_pairs"):
         convert_to_inplace_abn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
     plain = nn.Sequential(ConvBN(3, 4, 3), nn.SiLU())
     assert convert_to_inplace_abn(plain, strict=False) is plain and count_inplace_abn(plain) == 0
 
     class Missing(nn.Module):
-        inplace_abn_pairs = (("conv1", "act9"),)
+        conv_act_pairs = (("conv1", "act9"),)
 
         def __init__(self):
             super().__init__()
@@ -329,13 +329,13 @@ def test_converter_errors():
         convert_to_inplace_abn(Missing())
 
     class NotConvBN(Missing):
-        inplace_abn_pairs = (("act1", "conv1"),)
+        conv_act_pairs = (("act1", "conv1"),)
 
     with pytest.raises(TypeError, match="'act1' is ReLU, not a ConvBN"):
         convert_to_inplace_abn(NotConvBN())
 
     class WrongAct(Missing):
-        inplace_abn_pairs = (("conv1", "act1"),)
+        conv_act_pairs = (("conv1", "act1"),)
 
         def __init__(self):
             super().__init__()
@@ -357,3 +357,27 @@ def test_channels_last_input():
     grads = torch.autograd.grad(out, (x, w, b), torch.ones_like(ref))
     for g, r in zip(grads, torch.autograd.grad(ref, (x, w, b), torch.ones_like(ref))):
         assert rel_err(g, r) < 1e-12
+
+
+def test_converted_zoo_resnet50_saves_less_activation_memory_than_train_mode():
+    from tllib_tune.models import resnet50
+    from tllib_tune.utils.memory import activation_bytes
+
+    torch.manual_seed(0)
+    model = randomize_all_bn_(resnet50(), seed=3)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 64)
+    train_bytes = activation_bytes(reference, x)
+    reference.load_state_dict(model.state_dict())  # undo the running-stat update of that forward
+    convert_to_inplace_abn(model)
+    assert count_inplace_abn(model) == 33  # stem + 2 per bottleneck x 16
+    # the converted network equals the original with its converted ReLUs made leaky (eval: running stats)
+    for block in reference.modules():
+        for _, act_name in getattr(type(block), "conv_act_pairs", ()):
+            setattr(block, act_name, nn.LeakyReLU(0.01))
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        assert rel_err(model(x), reference(x)) < 1e-5
+    model.train()
+    assert activation_bytes(model, x) < 0.9 * train_bytes

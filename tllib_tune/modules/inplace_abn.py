@@ -9,7 +9,7 @@ it is never zero and the inversion always exists.
 * :class:`InPlaceABNFunction` / :func:`inplace_abn` -- the fused function (train and eval formulas).
 * :class:`InPlaceABN` -- a module with BatchNorm's parameter and buffer names.
 * :func:`convert_to_inplace_abn` -- replace every ConvBN that feeds a ReLU (as the model's blocks declare
-  in ``inplace_abn_pairs``, or inside a plain ``nn.Sequential``) by conv + InPlaceABN, carrying the
+  in ``conv_act_pairs``, or inside a plain ``nn.Sequential``) by conv + InPlaceABN, carrying the
   pretrained statistics over so that the converted model computes the original with leaky ReLUs.
 """
 
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Class attribute through which a block lists its (ConvBN attribute, ReLU attribute) pairs.
-PAIRS_ATTR = "inplace_abn_pairs"
+PAIRS_ATTR = "conv_act_pairs"
 
 _ACTIVATIONS = ("leaky_relu", "identity")
 
@@ -390,7 +390,7 @@ def convert_to_inplace_abn(
     """Replace every ConvBN whose output goes straight into a ReLU by conv + :class:`InPlaceABN` (in place).
 
     Which pairs qualify is declared, not guessed: a module lists them in the class attribute
-    ``inplace_abn_pairs = (("conv1", "act1"), ("conv2", "act2"))`` -- names of its direct children, a
+    ``conv_act_pairs = (("conv1", "act1"), ("conv2", "act2"))`` -- names of its direct children, a
     :class:`ConvBN` and an ``nn.ReLU``/``nn.LeakyReLU`` such that its forward computes
     ``act(conv(...))`` and uses the ConvBN's output nowhere else. Adjacent (ConvBN, ReLU) children of a
     plain ``nn.Sequential`` qualify too. Each ConvBN becomes a :class:`ConvInPlaceABN` holding the same
