@@ -1,0 +1,55 @@
+"""Smoke test of scripts/benchmark_modes.py: a tiny run writes a complete CSV with every mode."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "benchmark_modes.py"
+EXPECTED_COLUMNS = {
+    "arch", "device", "amp", "channels_last", "batch_size", "input_size", "mode", "median_s", "min_s",
+    "activation_mb", "peak_mb", "time_vs_eval", "time_vs_deploy", "memory_vs_eval", "memory_vs_deploy",
+}  # fmt: skip
+MODES = {"train", "eval", "tune", "deploy", "inplace-abn"}
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
+    out = tmp_path / "bench"
+    proc = _run(
+        "--arch", "resnet18", "--batch-sizes", "2,3", "--input-sizes", "32", "--repeats", "2",
+        "--warmup", "0", "--device", "cpu", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert set(reader.fieldnames) == EXPECTED_COLUMNS
+        rows = list(reader)
+    assert {r["mode"] for r in rows} == MODES
+    assert {(r["batch_size"], r["input_size"]) for r in rows} == {("2", "32"), ("3", "32")}
+    by_mode = {(r["mode"], r["batch_size"]): r for r in rows}
+    for bs in ("2", "3"):
+        assert float(by_mode[("eval", bs)]["time_vs_eval"]) == 1.0
+        tune, deploy, eval_ = (float(by_mode[(m, bs)]["activation_mb"]) for m in ("tune", "deploy", "eval"))
+        assert tune <= 1.01 * deploy and tune < eval_
+    for r in rows:
+        assert float(r["median_s"]) > 0 and float(r["min_s"]) <= float(r["median_s"])
+    assert (out / "benchmark.png").stat().st_size > 0
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert "tune" in proc.stdout and "time/eval" in proc.stdout
+
+
+def test_bad_arguments_exit_non_zero_with_a_message(tmp_path):
+    proc = _run("--modes", "tune,fast", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "fast" in proc.stderr and "inplace-abn" in proc.stderr
+    proc = _run("--arch", "resnet5", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "resnet5" in proc.stderr
