@@ -109,8 +109,10 @@ def main() -> None:
         import torchvision
 
         t = time.time()
-        acc = train(torchvision.models.resnet18(num_classes=n), train_set, test_set, args.iters, lr=0.05)
+        model = torchvision.models.resnet18(num_classes=n)
+        acc = train(model, train_set, test_set, args.iters, lr=0.05)
         print(f"resnet18 from scratch, {args.iters} iters: test acc {acc:.3f} ({time.time() - t:.0f} s)")
+        print(f"  of which the genus (body shape/colour) is right: {genus_accuracy(model, test_set):.3f}")
 
 
 if __name__ == "__main__":

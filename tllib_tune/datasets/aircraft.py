@@ -46,7 +46,8 @@ class AircraftLayout(Layout):
 
     def read(self, base: Path, split: str, sample_rate: int) -> Tuple[List[Sample], List[str], bool]:
         fix = (
-            f"The FGVC-Aircraft folder {base} looks half-extracted: extract fgvc-aircraft-2013b.tar.gz again."
+            f"The FGVC-Aircraft folder {base} looks half-extracted: delete it and extract "
+            "fgvc-aircraft-2013b.tar.gz again (or pass download=True)."
         )
         variants_file = base / "variants.txt"
         classes: List[str] = []
@@ -93,7 +94,7 @@ class Aircraft(FineGrainedDataset):
     title = "FGVC-Aircraft"
     layouts = (AircraftLayout(), ImageListLayout())
     how_to_get = (
-        "download fgvc-aircraft-2013b.tar.gz (2.6 GB) from "
+        "download fgvc-aircraft-2013b.tar.gz (2.7 GB) from "
         "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ and extract it under root, "
         "or pass download=True."
     )

@@ -322,7 +322,7 @@ class FineGrainedDataset(ImageDataset):
             self.download(root)
             found = self._find(root, chosen)
         if found is None:
-            raise DatasetNotFoundError(self._not_found_message(root, chosen, download))
+            raise DatasetNotFoundError(self._not_found_message(root, chosen))
         used, base = found
         samples, classes, subsampled = used.read(base, split, sample_rate)
         if not samples:
@@ -363,7 +363,7 @@ class FineGrainedDataset(ImageDataset):
                 return lay, base
         return None
 
-    def _not_found_message(self, root: Path, layouts: Iterable[Layout], download: bool) -> str:
+    def _not_found_message(self, root: Path, layouts: Iterable[Layout]) -> str:
         if not root.exists():
             where = f"The root folder {root} does not exist."
         elif not root.is_dir():

@@ -66,7 +66,10 @@ class CUBLayout(Layout):
         return None
 
     def read(self, base: Path, split: str, sample_rate: int) -> Tuple[List[Sample], List[str], bool]:
-        fix = f"The CUB_200_2011 folder {base} looks half-extracted: extract CUB_200_2011.tgz again."
+        fix = (
+            f"The CUB_200_2011 folder {base} looks half-extracted: delete it and extract CUB_200_2011.tgz "
+            "again (or pass download=True)."
+        )
         classes_table = _read_id_table(base / "classes.txt", fix)
         images = _read_id_table(base / "images.txt", fix)
         labels = _read_id_table(base / "image_class_labels.txt", fix)

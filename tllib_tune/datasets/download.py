@@ -67,7 +67,7 @@ RESOURCES: Dict[str, Resource] = {
         url="https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
         filename="fgvc-aircraft-2013b.tar.gz",
         extracted="fgvc-aircraft-2013b",
-        size="2.6 GB",
+        size="2.7 GB",
     ),
 }
 
