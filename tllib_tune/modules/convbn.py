@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["Mode", "ConvBNBase", "ConvBN", "LinearBN", "TuneFunction", "MODE_CHOICES"]
 
@@ -165,6 +166,7 @@ class TuneFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
         x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
         need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
@@ -184,21 +186,25 @@ class TuneFunction(torch.autograd.Function):
                 folded_w,
                 (need_x, need_folded_w, need_folded_b),
             )
-            if grad_folded_w is not None:
-                grad_folded_w = grad_folded_w.to(fold)
-                if need_w:
-                    grad_w = (grad_folded_w * scale_w).to(weight.dtype)
             if grad_folded_b is not None:
                 grad_folded_b = grad_folded_b.to(fold)
                 if need_beta:
                     grad_beta = grad_folded_b.to(gamma.dtype if gamma is not None else weight.dtype)
                 if need_b:
                     grad_b = (grad_folded_b * scale).to(bias.dtype)
-            if need_gamma:
-                centred = (bias.to(fold) if bias is not None else 0.0) - running_mean.to(fold)
-                per_channel = grad_folded_w * weight.to(fold)
-                grad_scale = per_channel.reshape(weight.shape[0], -1).sum(1) + grad_folded_b * centred
-                grad_gamma = (grad_scale * inv_std).to(gamma.dtype)
+            if grad_folded_w is not None:
+                grad_folded_w = grad_folded_w.to(fold)
+                if need_gamma:
+                    # per-channel dot product <dL/dW', W> as a batched matmul: no weight-sized temporary
+                    rows = weight.shape[0]
+                    flat_grad = grad_folded_w.reshape(rows, 1, -1)
+                    flat_w = weight.to(fold).reshape(rows, -1, 1)
+                    centred = (bias.to(fold) if bias is not None else 0.0) - running_mean.to(fold)
+                    grad_scale = torch.bmm(flat_grad, flat_w).reshape(rows) + grad_folded_b * centred
+                    grad_gamma = (grad_scale * inv_std).to(gamma.dtype)
+                if need_w:
+                    # convolution_backward returned a fresh tensor: scale it in place
+                    grad_w = grad_folded_w.mul_(scale_w).to(weight.dtype)
         if grad_x is not None:
             grad_x = grad_x.to(ctx.input_dtype)
         return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None
