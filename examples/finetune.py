@@ -44,6 +44,7 @@ from tllib_tune.engine import (  # noqa: E402
     DataLoadingError,
     NonFiniteLossError,
     build_optimizer,
+    convert_sync_batchnorm,
     train_one_epoch,
     validate,
 )
@@ -64,6 +65,7 @@ MODES = ("train", "eval", "tune", "deploy", "inplace-abn")
 SCHEDULE_MODES = ("train", "eval", "tune", "deploy")
 SAMPLE_RATES = (100, 50, 30, 15)
 EXIT_USER_ERROR, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 # The offline quick start: explicit flags on the command line still override these.
 QUICK_START = {
@@ -482,9 +484,22 @@ def apply_mode(model: nn.Module, mode: str) -> None:
                 "--mode inplace-abn is not available yet in this version of tllib_tune "
                 "(tllib_tune.modules.inplace_abn is missing); use train, eval, tune or deploy"
             ) from None
-        convert_to_inplace_abn(backbone)
+        # The zoo declares its fusable (ConvBN, ReLU) pairs as ``conv_act_pairs``; the converter reads
+        # ``inplace_abn_pairs``. Bridge the two names here until they agree.
+        for module in backbone.modules():
+            pairs = getattr(module, "conv_act_pairs", None)
+            if pairs and getattr(module, "inplace_abn_pairs", None) is None:
+                module.inplace_abn_pairs = tuple(pairs)
+        try:
+            convert_to_inplace_abn(backbone)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"--mode inplace-abn cannot convert {args_arch(backbone)}: {one_line(exc)}") from None
         return
     set_mode(backbone, mode)
+
+
+def args_arch(backbone: nn.Module) -> str:
+    return str(getattr(backbone, "arch", type(backbone).__name__))
 
 
 def amp_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
@@ -617,7 +632,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
         model.to(memory_format=torch.channels_last)
     if args.sync_bn:
         if env.distributed and "train" in modes_used:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps BN children: ConvBN blocks stay
+            model = convert_sync_batchnorm(model)  # swaps BN children: ConvBN blocks stay
         elif env.distributed:
             say(f"note: --sync-bn has no effect in {'/'.join(sorted(modes_used))} mode (running statistics)")
         else:
@@ -631,7 +646,9 @@ def run(args: argparse.Namespace, env: Env) -> int:
         milestones=args.lr_decay_epochs,
         gamma=args.lr_gamma,
     )
-    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    scaler = None
+    if args.amp == "fp16":  # float16 needs loss scaling; bfloat16 has float32's range and does not
+        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
 
     # ---- resume / test phase -------------------------------------------------------------------------
     log_dir = resolve_log_dir(args)
@@ -729,7 +746,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
     )
 
     if env.distributed:
-        find_unused = "deploy" in modes_used or args.mode == "inplace-abn"
+        find_unused = "deploy" in modes_used  # deploy leaves BatchNorm's gamma out of the computation
         model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -1026,7 +1043,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except DataLoadingError as exc:
         return fail(f"loading a batch of {args.dataset} from {args.root!r} failed: {exc}", EXIT_USER_ERROR)
-    except torch.OutOfMemoryError as exc:
+    except OUT_OF_MEMORY as exc:
         return fail(_oom_message(args, exc), EXIT_USER_ERROR)
     except RuntimeError as exc:
         if "out of memory" in str(exc) or "can't allocate memory" in str(exc):

@@ -234,3 +234,21 @@ def test_validate_matches_a_full_batch_computation():
     assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     assert result["acc1"] == pytest.approx(100.0 * (logits.argmax(1) == labels).float().mean().item())
     assert result["acc5"] == 100.0  # only 3 classes
+
+
+def test_sync_batchnorm_conversion_keeps_convbn_blocks():
+    from tllib_tune.engine import convert_sync_batchnorm
+    from tllib_tune.utils.checkpoint import block_modes
+
+    model = make("tune")
+    keys = list(model.state_dict())
+    x = colour_data(n=4).tensors[0]
+    model.eval()
+    expected = model(x)
+    converted = convert_sync_batchnorm(model)
+    blocks = [m for m in converted.modules() if isinstance(m, ConvBN)]
+    assert len(blocks) == 2 and all(isinstance(b.bn, nn.SyncBatchNorm) for b in blocks)
+    assert list(converted.state_dict()) == keys and block_modes(converted)["counts"] == {"tune": 2}
+    assert torch.allclose(converted(x), expected)
+    set_mode(converted, "deploy")
+    assert torch.allclose(converted(x), expected, atol=1e-6)

@@ -36,6 +36,7 @@ __all__ = [
     "peak_memory_gb",
     "reset_peak_memory",
     "autocast_context",
+    "convert_sync_batchnorm",
 ]
 
 GIB = 1024**3
@@ -73,6 +74,16 @@ def build_optimizer(
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     return optimizer, scheduler
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Swap every BatchNorm for SyncBatchNorm (Train mode across processes), keeping each ConvBN block.
+
+    PyTorch's converter replaces BatchNorm *children*, so a ConvBN keeps its class, its mode and its
+    state_dict keys; only its ``.bn`` becomes a SyncBatchNorm holding the same parameters and statistics.
+    Eval, Tune and Deploy use the running statistics and never synchronise.
+    """
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modules.inplace_abn import ConvInPlaceABN
 from ..modules.modes import get_modes, iter_blocks
 
 __all__ = [
@@ -100,12 +101,16 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def block_modes(model: nn.Module) -> Dict[str, Any]:
-    """Per-block modes ({"counts": {"tune": 20}, "blocks": {name: mode}}) of every ConvBN/LinearBN."""
+    """Per-block modes ({"counts": {"tune": 20}, "blocks": {name: mode}}) of every ConvBN/LinearBN;
+    blocks converted to In-Place ABN count as "inplace-abn"."""
     model = unwrap_model(model)
-    return {
-        "counts": get_modes(model),
-        "blocks": {name: block.mode.value for name, block in iter_blocks(model)},
-    }
+    counts = get_modes(model)
+    blocks = {name: block.mode.value for name, block in iter_blocks(model)}
+    converted = [name for name, module in model.named_modules() if isinstance(module, ConvInPlaceABN)]
+    if converted:
+        counts["inplace-abn"] = len(converted)
+        blocks.update({name: "inplace-abn" for name in converted})
+    return {"counts": counts, "blocks": blocks}
 
 
 def _state(obj: Any) -> Optional[Dict[str, Any]]:
