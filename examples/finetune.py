@@ -3,7 +3,9 @@
     python examples/finetune.py --quick-start                          # offline, ~1.5 min on 2 CPU cores
     python examples/finetune.py -d cub200 -a resnet50 --mode tune      # the main job (data under data/cub200)
     python examples/finetune.py -d cub200 -a resnet50 --mode train     # TLlib's baseline, for comparison
-    torchrun --nproc_per_node 2 examples/finetune.py -d cub200 ...      # DistributedDataParallel
+    torchrun --nproc_per_node 2 -- examples/finetune.py -d cub200 ...   # DistributedDataParallel
+
+(With torchrun, the `--` keeps torchrun from reading our --log as an abbreviation of its --log-dir.)
 
 The flags follow TLlib's task_adaptation/image_classification/erm.py where they overlap. --mode chooses
 how the backbone's ConvBN blocks compute (train: BatchNorm with batch statistics, TLlib's default;
@@ -170,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode-schedule",
         default=None,
         metavar="SCHEDULE",
-        help='modes by epoch, e.g. "train:0-12,tune:12-20" (the paper\'s Appendix I); overrides --mode',
+        help='modes by epoch, e.g. "train:0-12,tune:12-20" (the paper\'s Appendix I); overrides --mode; '
+        '"none": no schedule',
     )
 
     opt = p.add_argument_group("optimisation (TLlib's erm.py)")
@@ -282,8 +285,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick_start:
-        parser.set_defaults(**QUICK_START)
+        defaults = dict(QUICK_START)
+        given = sys.argv[1:] if argv is None else list(argv)
+        if args.mode_schedule is None and any(a == "--mode" or a.startswith("--mode=") for a in given):
+            defaults["mode_schedule"] = None  # an explicit --mode replaces the quick start's schedule
+        parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
+    if args.mode_schedule is not None and args.mode_schedule.strip().lower() in ("", "none"):
+        args.mode_schedule = None
     checks = [
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
@@ -374,7 +383,7 @@ def setup_device(args: argparse.Namespace, env: Env) -> torch.device:
 
 
 def build_transforms(args: argparse.Namespace) -> Tuple[Any, Any]:
-    """TLlib's transforms at --input-size: RandomResizedCrop + flip for train, Resize + CenterCrop for test."""
+    """TLlib's transforms at --input-size: RandomResizedCrop + flip (train), Resize + CenterCrop (test)."""
     from tllib_tune.datasets import get_test_transform, get_train_transform
 
     return get_train_transform(args.input_size, scale=crop_scale(args)), get_test_transform(args.input_size)
@@ -473,7 +482,8 @@ def build_model(args: argparse.Namespace, num_classes: int, env: Env) -> Tuple[n
                 if pretrained is True:
                     raise UserError(
                         f"could not load ImageNet weights for {args.arch}: {detail}. Without network access, "
-                        "download them elsewhere and pass --pretrained FILE, or train from random weights with "
+                        "download them elsewhere and pass --pretrained FILE, or train from random weights "
+                        "with "
                         "--pretrained none (or run the offline --quick-start)"
                     ) from None
                 raise UserError(
@@ -504,7 +514,9 @@ def apply_mode(model: nn.Module, mode: str) -> None:
         try:
             convert_to_inplace_abn(backbone)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"--mode inplace-abn cannot convert {args_arch(backbone)}: {one_line(exc)}") from None
+            raise UserError(
+                f"--mode inplace-abn cannot convert {args_arch(backbone)}: {one_line(exc)}"
+            ) from None
         return
     set_mode(backbone, mode)
 
@@ -629,7 +641,8 @@ def run(args: argparse.Namespace, env: Env) -> int:
             f"Quick start (offline): a synthetic fine-grained data set generated under {args.root} on first "
             f"use, random initialisation (no pretrained download), {args.arch} at {args.input_size} px, "
             f"{args.epochs} epochs x {args.iters_per_epoch} steps of batch {args.batch_size}, modes by epoch "
-            f"{args.mode_schedule or args.mode} (train mode first: a random network has no BatchNorm statistics "
+            f"{args.mode_schedule or args.mode} (train mode first: a random network has no BatchNorm "
+            "statistics "
             f"for tune mode to use), on {device}. About 1.5 min on 2 CPU cores.\n"
         )
     seed_everything(args.seed)
@@ -661,7 +674,9 @@ def run(args: argparse.Namespace, env: Env) -> int:
     )
     scaler = None
     if args.amp == "fp16":  # float16 needs loss scaling; bfloat16 has float32's range and does not
-        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
+        scaler = (
+            torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
+        )
 
     # ---- resume / test phase -------------------------------------------------------------------------
     log_dir = resolve_log_dir(args)
@@ -740,7 +755,8 @@ def run(args: argparse.Namespace, env: Env) -> int:
             say("note: these flags differ from the saved run: " + "; ".join(differ))
         if start_epoch >= args.epochs:
             raise UserError(
-                f"checkpoint {args.resume!r} has already finished {start_epoch} epochs (--epochs {args.epochs}); "
+                f"checkpoint {args.resume!r} has already finished {start_epoch} epochs "
+                f"(--epochs {args.epochs}); "
                 "raise --epochs to train longer"
             )
 
@@ -793,7 +809,8 @@ def run(args: argparse.Namespace, env: Env) -> int:
     )
     if args.val_ratio == 0:
         say(
-            "no --val-ratio: no model selection; val/* in TensorBoard is the test split, the final epoch counts"
+            "no --val-ratio: no model selection; val/* in TensorBoard is the test split, the final epoch "
+            "counts"
         )
 
     base_hparams = {
@@ -943,7 +960,8 @@ def run(args: argparse.Namespace, env: Env) -> int:
                 records.append(record)
                 logger.epoch_record(record)
                 say(
-                    f"epoch {epoch + 1}/{args.epochs} [{mode}] lr {stats['lr']:.2g}  train loss {stats['loss']:.4f} "
+                    f"epoch {epoch + 1}/{args.epochs} [{mode}] lr {stats['lr']:.2g}  "
+                    f"train loss {stats['loss']:.4f} "
                     f"acc1 {stats['acc1']:.1f}  {val_name} loss {val['loss']:.4f} acc1 {val['acc1']:.2f}  "
                     f"{stats['iter_time_s']:.3f} s/it  activations {stats['activations_mb']:.1f} MiB  "
                     f"peak {stats['peak_gb']:.2f} GiB"
@@ -982,7 +1000,8 @@ def run(args: argparse.Namespace, env: Env) -> int:
         except Stopped:
             finish("interrupted")
             say(
-                f"stopped: saved {ckpt_dir / 'latest.pt'}; carry on with the same command plus --resume {ckpt_dir / 'latest.pt'}"
+                f"stopped: saved {ckpt_dir / 'latest.pt'}; carry on with the same command plus "
+                f"--resume {ckpt_dir / 'latest.pt'}"
             )
             raise
 

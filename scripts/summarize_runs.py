@@ -20,7 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-NAMES = {"cub200": "CUB-200", "aircraft": "Aircraft", "stanford_cars": "Stanford Cars", "cars": "Stanford Cars"}
+NAMES = {
+    "cub200": "CUB-200",
+    "aircraft": "Aircraft",
+    "stanford_cars": "Stanford Cars",
+    "cars": "Stanford Cars",
+}
 MODE_ORDER = ("train", "eval", "tune", "deploy", "inplace-abn")
 Key = Tuple[str, str, int, int]
 
@@ -67,8 +72,12 @@ def collect(summaries: Iterable[Path]) -> Tuple[Dict[Key, Dict[str, List[Dict[st
             skipped.append(f"{path.parent}: status {summary.get('status', 'unknown')}")
             continue
         dataset = summary.get("dataset", "?")
-        key = (NAMES.get(dataset, dataset), summary.get("arch", "?"), summary.get("input_size", 0),
-               summary.get("sample_rate", 100))
+        key = (
+            NAMES.get(dataset, dataset),
+            summary.get("arch", "?"),
+            summary.get("input_size", 0),
+            summary.get("sample_rate", 100),
+        )
         summary["_dir"] = str(path.parent)
         groups.setdefault(key, {}).setdefault(str(summary.get("mode", "?")), []).append(summary)
     return groups, skipped
@@ -91,7 +100,9 @@ def table_rows(groups: Dict[Key, Dict[str, List[Dict[str, Any]]]]) -> List[List[
         dataset, arch, size, rate = key
         by_mode = groups[key]
         stats: Dict[str, Dict[str, Optional[float]]] = {}
-        modes = sorted(by_mode, key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
+        modes = sorted(
+            by_mode, key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m)
+        )
         for mode in modes:
             runs = by_mode[mode]
             acc, std = mean_std([r["test_acc1"] for r in runs])
@@ -101,22 +112,51 @@ def table_rows(groups: Dict[Key, Dict[str, List[Dict[str, Any]]]]) -> List[List[
                 "act": _avg(runs, "activations_mb"),
                 "time": _avg(runs, "iter_time_s"),
             }
-            rows.append([
-                dataset, arch, str(size), str(rate), mode, f"{acc:.2f} ± {std:.2f}", _fmt(stats[mode]["peak"], ".2f"),
-                _fmt(stats[mode]["act"], ".1f"), _fmt(stats[mode]["time"], ".3f"), str(len(runs)),
-            ])
+            rows.append(
+                [
+                    dataset,
+                    arch,
+                    str(size),
+                    str(rate),
+                    mode,
+                    f"{acc:.2f} ± {std:.2f}",
+                    _fmt(stats[mode]["peak"], ".2f"),
+                    _fmt(stats[mode]["act"], ".1f"),
+                    _fmt(stats[mode]["time"], ".3f"),
+                    str(len(runs)),
+                ]
+            )
         if "train" in stats and "tune" in stats:
             train, tune = stats["train"], stats["tune"]
-            rows.append([
-                dataset, arch, str(size), str(rate), "tune vs train", f"{tune['acc'] - train['acc']:+.2f}",
-                _saving(train["peak"], tune["peak"]), _saving(train["act"], tune["act"]),
-                _saving(train["time"], tune["time"]), "",
-            ])
+            rows.append(
+                [
+                    dataset,
+                    arch,
+                    str(size),
+                    str(rate),
+                    "tune vs train",
+                    f"{tune['acc'] - train['acc']:+.2f}",
+                    _saving(train["peak"], tune["peak"]),
+                    _saving(train["act"], tune["act"]),
+                    _saving(train["time"], tune["time"]),
+                    "",
+                ]
+            )
     return rows
 
 
-HEADER = ["Dataset", "Backbone", "Input", "SR %", "Mode", "Top-1 acc. (%)", "Peak memory (GB)",
-          "Activations (MiB)", "Time/iter (s)", "Runs"]
+HEADER = [
+    "Dataset",
+    "Backbone",
+    "Input",
+    "SR %",
+    "Mode",
+    "Top-1 acc. (%)",
+    "Peak memory (GB)",
+    "Activations (MiB)",
+    "Time/iter (s)",
+    "Runs",
+]
 
 
 def markdown(rows: List[List[str]]) -> str:
@@ -126,7 +166,9 @@ def markdown(rows: List[List[str]]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="run directories or folders holding them")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)

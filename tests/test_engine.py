@@ -145,7 +145,7 @@ def test_eval_and_tune_train_identically():
             optimizer,
             iters_per_epoch=6,
             progress=False,
-            on_step=lambda step, values: curve.append(values["loss"]),
+            on_step=lambda step, values, curve=curve: curve.append(values["loss"]),
         )
         losses[mode] = torch.tensor(curve)
     assert torch.allclose(losses["eval"], losses["tune"], rtol=1e-10, atol=0)

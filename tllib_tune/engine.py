@@ -12,6 +12,7 @@ time, throughput, the saved-for-backward bytes of one iteration and the peak mem
 from __future__ import annotations
 
 import math
+import re
 import resource
 import sys
 import time
@@ -129,7 +130,11 @@ def _next_batch(iterator: Any) -> Any:
         raise
     except Exception as exc:  # worker errors arrive re-raised with the worker's traceback in the text
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise DataLoadingError(lines[-1] if lines else f"{type(exc).__name__} while loading a batch") from exc
+        message = lines[-1] if lines else f"{type(exc).__name__} while loading a batch"
+        message = re.sub(
+            r"^[\w.]*(?:Error|Exception|Warning): ", "", message
+        )  # the worker's "pkg.SomeError: "
+        raise DataLoadingError(message) from exc
 
 
 def train_one_epoch(

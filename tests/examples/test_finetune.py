@@ -284,14 +284,33 @@ def test_quick_start_defaults_and_overrides():
     assert args.dataset_options == finetune.QUICK_START_DATA
     args = finetune.parse_args(["--quick-start", "--epochs", "1", "--mode-schedule", "tune:0-1"])
     assert args.epochs == 1 and args.schedule == [("tune", 0, 1)] and args.dataset == "synthetic"
+    args = finetune.parse_args(["--quick-start", "--mode", "eval"])  # an explicit mode replaces the schedule
+    assert args.mode_schedule is None and args.schedule == [("eval", 0, args.epochs)]
     assert finetune.parse_args([]).pretrained == "imagenet"  # no opt-in: ImageNet weights, never random
 
 
 def test_quick_start_says_what_it_does(synthetic_root, tmp_path, monkeypatch, capsys):
     finetune = load_finetune()
     monkeypatch.setattr(finetune, "QUICK_START_DATA", {})  # the session's smaller synthetic set
-    flags = ["--quick-start", "--root", str(synthetic_root), "--log", str(tmp_path / "q"), "--epochs", "1", "-i", "1",
-             "--input-size", "32", "-b", "4", "--mode-schedule", "train:0-1", "--workers", "0"]
+    flags = [
+        "--quick-start",
+        "--root",
+        str(synthetic_root),
+        "--log",
+        str(tmp_path / "q"),
+        "--epochs",
+        "1",
+        "-i",
+        "1",
+        "--input-size",
+        "32",
+        "-b",
+        "4",
+        "--mode-schedule",
+        "train:0-1",
+        "--workers",
+        "0",
+    ]
     assert finetune.main(flags) == 0
     out = capsys.readouterr().out
     assert "Quick start (offline): a synthetic fine-grained data set" in out

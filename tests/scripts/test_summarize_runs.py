@@ -12,8 +12,16 @@ SCRIPT = REPO / "scripts" / "summarize_runs.py"
 
 def write_run(root: Path, name: str, **fields):
     summary = {
-        "status": "completed", "dataset": "cub200", "arch": "resnet50", "input_size": 448, "sample_rate": 100,
-        "mode": "train", "test_acc1": 80.0, "peak_gb": 10.0, "activations_mb": 1000.0, "iter_time_s": 0.5,
+        "status": "completed",
+        "dataset": "cub200",
+        "arch": "resnet50",
+        "input_size": 448,
+        "sample_rate": 100,
+        "mode": "train",
+        "test_acc1": 80.0,
+        "peak_gb": 10.0,
+        "activations_mb": 1000.0,
+        "iter_time_s": 0.5,
     }
     summary.update(fields)
     (root / name).mkdir(parents=True)
@@ -21,7 +29,9 @@ def write_run(root: Path, name: str, **fields):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_table_has_mean_std_and_savings(tmp_path):
@@ -29,8 +39,15 @@ def test_table_has_mean_std_and_savings(tmp_path):
     for seed, acc in enumerate(train_acc):
         write_run(tmp_path, f"cub_train_{seed}", test_acc1=acc, peak_gb=10.0, iter_time_s=0.5)
     for seed, acc in enumerate(tune_acc):
-        write_run(tmp_path, f"cub_tune_{seed}", mode="tune", test_acc1=acc, peak_gb=8.0, activations_mb=600.0,
-                  iter_time_s=0.55)
+        write_run(
+            tmp_path,
+            f"cub_tune_{seed}",
+            mode="tune",
+            test_acc1=acc,
+            peak_gb=8.0,
+            activations_mb=600.0,
+            iter_time_s=0.55,
+        )
     write_run(tmp_path, "broken", mode="tune", status="diverged", test_acc1=None)
     result = run(tmp_path)
     assert result.returncode == 0, result.stderr

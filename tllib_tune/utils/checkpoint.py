@@ -156,7 +156,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path given to --resume")
     if path.is_dir():
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is a directory; give the file, e.g. {str(path / 'checkpoints' / 'latest.pt')!r}"
+            f"checkpoint {str(path)!r} is a directory; give the file, e.g. "
+            f"{str(path / 'checkpoints' / 'latest.pt')!r}"
         )
     try:
         # weights_only=False: optimizer/scheduler/RNG states hold numpy arrays and tuples.
@@ -164,8 +165,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint {str(path)!r} cannot be read; it is truncated or corrupt ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Use another checkpoint, e.g. best.pt or "
-            "an earlier copy"
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Use another checkpoint, e.g. best.pt "
+            "or an earlier copy"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "model" not in checkpoint:
         raise CheckpointError(

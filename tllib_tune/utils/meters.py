@@ -53,7 +53,8 @@ def accuracy(output: Tensor, target: Tensor, topk: Sequence[int] = (1,)) -> List
     """
     if output.dim() != 2 or target.dim() != 1 or output.size(0) != target.size(0):
         raise ValueError(
-            f"accuracy expects logits [N, C] and targets [N], got {tuple(output.shape)} and {tuple(target.shape)}"
+            f"accuracy expects logits [N, C] and targets [N], got {tuple(output.shape)} and "
+            f"{tuple(target.shape)}"
         )
     n = target.size(0)
     if n == 0:
