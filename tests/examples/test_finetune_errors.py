@@ -1,0 +1,241 @@
+"""examples/finetune.py on bad input and failures: one clear line on stderr, a non-zero exit, no traceback.
+
+Each case runs the script in a subprocess (except out-of-memory, which a CPU cannot produce on demand:
+that one raises torch.OutOfMemoryError from the loop inside this process).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tllib_tune.utils.checkpoint import save_checkpoint
+
+from .conftest import run_finetune, subprocess_env, tiny_args
+from .test_finetune import _has_inplace_abn, load_finetune
+
+
+def error_line(result) -> str:
+    """The script's error message (the last stderr line), after checking there is no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, f"no message on stderr (exit {result.returncode}); stdout: {result.stdout[-2000:]}"
+    return lines[-1]
+
+
+def fails(result, code: int, *fragments: str) -> str:
+    line = error_line(result)
+    assert result.returncode == code, f"exit {result.returncode}, expected {code}: {line}"
+    assert line.startswith("finetune.py: error:"), line
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in: {line}"
+    return line
+
+
+@pytest.fixture
+def args(synthetic_root, tmp_path):
+    def make(root=synthetic_root, log=tmp_path / "log", **overrides):
+        return tiny_args(root, log, **overrides)
+
+    return make
+
+
+# ---- command line (argparse-style, exit 2) -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        ({"dataset": "mnist"}, ["argument -d/--dataset: invalid choice: 'mnist'"]),
+        ({"arch": "resnet19"}, ["unknown model 'resnet19'", "did you mean resnet18"]),
+        ({"mode": "fast"}, ["argument --mode: invalid choice: 'fast'"]),
+        ({"sample_rate": "20"}, ["argument -sr/--sample-rate: invalid choice: 20"]),
+        ({"mode_schedule": "train0-1"}, ["'train0-1' is not MODE:START-END"]),
+        ({"mode_schedule": "train:0-1,tune:2-3", "epochs": "3"}, ["leaves epochs 1-2 without a mode"]),
+        ({"mode_schedule": "fast:0-1"}, ["unknown mode 'fast'"]),
+        ({"mode_schedule": "train:0-1", "epochs": "2"}, ["covers epochs 0-1 but the run has --epochs 2"]),
+        ({"val_ratio": "1.5"}, ["--val-ratio must be in [0, 1), got 1.5"]),
+    ],
+    ids=[
+        "dataset",
+        "arch",
+        "mode",
+        "sample-rate",
+        "schedule-syntax",
+        "schedule-gap",
+        "schedule-mode",
+        "schedule-short",
+        "val-ratio",
+    ],
+)
+def test_bad_command_line(args, flags, fragments):
+    line = fails(run_finetune(args(**flags)), 2, *fragments)
+    assert line.startswith("finetune.py: error: argument") or "--val-ratio" in line
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+def test_batch_larger_than_the_training_set(args):
+    fails(
+        run_finetune(args(batch_size=100, sample_rate=15)),
+        1,
+        "--batch-size 100",
+        "larger than the training set (60 images",
+        "--batch-size 60 or less",
+    )
+
+
+def test_missing_dataset_root(args, tmp_path):
+    root = tmp_path / "no_cars_here"
+    fails(
+        run_finetune(args(dataset="stanford_cars", root=root)),
+        1,
+        "stanford_cars",
+        str(root),
+        "No Stanford Cars data",
+    )
+
+
+@pytest.fixture
+def broken_root(synthetic_root, tmp_path):
+    """A private copy of the synthetic set to damage."""
+    root = tmp_path / "broken"
+    shutil.copytree(synthetic_root, root)
+    return root / "CUB_200_2011"
+
+
+def test_half_extracted_root(args, broken_root):
+    (broken_root / "image_class_labels.txt").unlink()
+    fails(run_finetune(args(root=broken_root.parent)), 1, "image_class_labels.txt")
+
+
+def test_listed_image_missing(args, broken_root):
+    (broken_root / "images" / "001.oval_dot" / "oval_dot_0003.jpg").unlink()
+    fails(run_finetune(args(root=broken_root.parent)), 1, "oval_dot_0003.jpg")
+
+
+def test_corrupt_image(args, broken_root):
+    image = broken_root / "images" / "001.oval_dot" / "oval_dot_0021.jpg"  # a test image: evaluation reads it
+    image.write_bytes(image.read_bytes()[:200])
+    fails(run_finetune(args(root=broken_root.parent)), 1, "oval_dot_0021.jpg")
+
+
+# ---- weights and checkpoints -----------------------------------------------------------------------------
+def test_imagenet_download_failure_is_an_error_not_random_weights(args, tmp_path):
+    env = subprocess_env(
+        TORCH_HOME=str(tmp_path / "torch_home"),
+        https_proxy="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        no_proxy="",
+        NO_PROXY="",
+    )
+    flags = args()
+    flags[flags.index("--pretrained") + 1] = "imagenet"
+    fails(
+        run_finetune(flags, env=env), 1, "could not load ImageNet weights for resnet18", "--pretrained none"
+    )
+    assert not (tmp_path / "log" / "checkpoints").exists()
+
+
+def test_pretrained_file_missing(args, tmp_path):
+    flags = args()
+    flags[flags.index("--pretrained") + 1] = str(tmp_path / "nope.pth")
+    fails(run_finetune(flags), 1, "nope.pth", "no such file")
+
+
+@pytest.fixture
+def checkpoint_path(tmp_path):
+    """A training checkpoint of a resnet18 classifier with 20 classes, as finetune.py writes it."""
+    from tllib_tune.models import get_model
+    from tllib_tune.modules.classifier import Classifier
+
+    model = Classifier(get_model("resnet18"), 20)
+    path = tmp_path / "old" / "checkpoints" / "latest.pt"
+    save_checkpoint(path, model, epoch=1, args={"arch": "resnet18"})
+    return path
+
+
+def test_checkpoint_from_another_arch(args, checkpoint_path):
+    fails(
+        run_finetune(args(arch="resnet34", resume=checkpoint_path)),
+        1,
+        "made with --arch resnet18",
+        "--arch resnet34",
+    )
+
+
+def test_checkpoint_with_missing_keys(args, checkpoint_path):
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    del checkpoint["model"]["head.weight"]
+    torch.save(checkpoint, checkpoint_path)
+    fails(run_finetune(args(resume=checkpoint_path)), 1, "missing keys: head.weight")
+
+
+def test_truncated_checkpoint(args, checkpoint_path):
+    data = checkpoint_path.read_bytes()
+    checkpoint_path.write_bytes(data[: len(data) // 3])
+    fails(run_finetune(args(resume=checkpoint_path)), 1, str(checkpoint_path), "truncated or corrupt")
+
+
+def test_resume_pointing_nowhere(args, tmp_path):
+    fails(run_finetune(args(resume=tmp_path / "missing" / "latest.pt")), 1, "latest.pt", "does not exist")
+
+
+def test_existing_run_is_not_overwritten(args, checkpoint_path):
+    fails(run_finetune(args(log=checkpoint_path.parent.parent)), 1, "already holds a run", "--resume")
+
+
+def test_fp16_needs_cuda(args):
+    fails(run_finetune(args(amp="fp16")), 1, "--amp fp16 needs a CUDA device", "bf16")
+
+
+@pytest.mark.skipif(_has_inplace_abn(), reason="In-Place ABN is available")
+def test_inplace_abn_not_available_yet(args):
+    fails(run_finetune(args(mode="inplace-abn")), 1, "--mode inplace-abn is not available yet")
+
+
+# ---- failures during training ----------------------------------------------------------------------------
+def test_non_finite_loss_in_deploy_mode(args, synthetic_root, backbone_file, tmp_path):
+    # epoch 0 trains normally; from epoch 1 the rate is multiplied by 1e8 and the folded weights blow up
+    flags = tiny_args(
+        synthetic_root,
+        tmp_path / "log",
+        backbone_file,
+        mode="deploy",
+        epochs=3,
+        iters_per_epoch=3,
+        lr_gamma="1e8",
+        lr_decay_epochs=1,
+    )
+    result = run_finetune(flags)
+    line = fails(
+        result,
+        3,
+        "the loss became",
+        "at epoch 1, iteration",
+        "deploy mode",
+        "Deploy mode is unstable",
+        "Tune mode computes the same function stably",
+        "--mode tune",
+    )
+    assert str(tmp_path / "log" / "checkpoints" / "latest.pt") in line
+    checkpoint = torch.load(tmp_path / "log" / "checkpoints" / "latest.pt", weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 0)  # the last good one, from epoch 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    summary = json.loads((tmp_path / "log" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 1
+
+
+def test_out_of_memory_names_mode_and_batch(args, monkeypatch, capsys):
+    finetune = load_finetune()
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(finetune, "train_one_epoch", out_of_memory)
+    assert finetune.main(args(mode="eval")) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("finetune.py: error: out of memory in eval mode with --batch-size 4")
+    assert "--mode tune" in line and "smaller --batch-size" in line
