@@ -50,6 +50,7 @@ from tllib_tune.engine import (  # noqa: E402
     train_one_epoch,
     validate,
 )
+from tllib_tune.modules.inplace_abn import convert_to_inplace_abn  # noqa: E402
 from tllib_tune.utils.checkpoint import (  # noqa: E402
     CheckpointError,
     block_modes,
@@ -498,19 +499,6 @@ def apply_mode(model: nn.Module, mode: str) -> None:
     """Put the backbone in ``mode`` (the head keeps training normally)."""
     backbone = unwrap_model(model).backbone
     if mode == "inplace-abn":
-        try:
-            from tllib_tune.modules.inplace_abn import convert_to_inplace_abn  # type: ignore[import-not-found]
-        except ImportError:
-            raise UserError(
-                "--mode inplace-abn is not available yet in this version of tllib_tune "
-                "(tllib_tune.modules.inplace_abn is missing); use train, eval, tune or deploy"
-            ) from None
-        # The zoo declares its fusable (ConvBN, ReLU) pairs as ``conv_act_pairs``; the converter reads
-        # ``inplace_abn_pairs``. Bridge the two names here until they agree.
-        for module in backbone.modules():
-            pairs = getattr(module, "conv_act_pairs", None)
-            if pairs and getattr(module, "inplace_abn_pairs", None) is None:
-                module.inplace_abn_pairs = tuple(pairs)
         try:
             convert_to_inplace_abn(backbone)
         except (TypeError, ValueError) as exc:

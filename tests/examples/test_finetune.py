@@ -35,14 +35,7 @@ TAGS = [
 HPARAM_TAGS = ["hparam/acc1", "hparam/iter_time_s", "hparam/activations_mb", "hparam/peak_gb"]
 
 
-def _has_inplace_abn() -> bool:
-    try:
-        return importlib.util.find_spec("tllib_tune.modules.inplace_abn") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-MODES = ["train", "eval", "tune", "deploy"] + (["inplace-abn"] if _has_inplace_abn() else [])
+MODES = ["train", "eval", "tune", "deploy", "inplace-abn"]
 
 
 def load_finetune():

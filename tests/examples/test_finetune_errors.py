@@ -15,7 +15,7 @@ import torch
 from tllib_tune.utils.checkpoint import save_checkpoint
 
 from .conftest import run_finetune, subprocess_env, tiny_args
-from .test_finetune import _has_inplace_abn, load_finetune
+from .test_finetune import load_finetune
 
 
 def error_line(result) -> str:
@@ -189,11 +189,6 @@ def test_existing_run_is_not_overwritten(args, checkpoint_path):
 
 def test_fp16_needs_cuda(args):
     fails(run_finetune(args(amp="fp16")), 1, "--amp fp16 needs a CUDA device", "bf16")
-
-
-@pytest.mark.skipif(_has_inplace_abn(), reason="In-Place ABN is available")
-def test_inplace_abn_not_available_yet(args):
-    fails(run_finetune(args(mode="inplace-abn")), 1, "--mode inplace-abn is not available yet")
 
 
 # ---- failures during training ----------------------------------------------------------------------------
