@@ -26,7 +26,7 @@ setup(
         "scipy",
     ],
     extras_require={
-        "dev": ["pytest", "ruff"],
+        "dev": ["pytest", "ruff", "matplotlib"],
         "plot": ["matplotlib"],
     },
     license="MIT",
