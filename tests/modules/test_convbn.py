@@ -73,9 +73,11 @@ def _grads(block, x, mode, upstream):
     return out.detach(), x.grad, params
 
 
+@pytest.mark.parametrize("strategy", ["weight", "output"])
 @pytest.mark.parametrize("dim,grouping,stride,dilation,bias,affine", GRID)
-def test_modes_against_torch_reference(dim, grouping, stride, dilation, bias, affine):
+def test_modes_against_torch_reference(dim, grouping, stride, dilation, bias, affine, strategy):
     block, x, gen = _make_block(dim, grouping, stride, dilation, bias, affine, seed=len(GRID))
+    block.tune_strategy = strategy
     block.eval()
     ref_conv, ref_bn = _reference(block)
     ref_bn.eval()
@@ -130,9 +132,11 @@ def _linear_block(bias, affine, seed=3):
     return block, x, gen
 
 
+@pytest.mark.parametrize("strategy", ["weight", "output"])
 @pytest.mark.parametrize("bias,affine", list(itertools.product((True, False), (True, False))))
-def test_linear_bn_modes(bias, affine):
+def test_linear_bn_modes(bias, affine, strategy):
     block, x, gen = _linear_block(bias, affine)
+    block.tune_strategy = strategy
     ref_lin = nn.Linear(7, 5, bias=bias).double()
     ref_lin.load_state_dict(block.linear.state_dict())
     ref_bn = nn.BatchNorm1d(5, affine=affine).double()
@@ -163,9 +167,10 @@ def test_linear_bn_rejects_non_2d_input():
         block(torch.randn(2, 4, 1))
 
 
+@pytest.mark.parametrize("strategy", ["weight", "output"])
 @pytest.mark.parametrize("kind", ["conv2d", "conv1d_grouped", "linear"])
 @pytest.mark.parametrize("with_bias,with_affine", [(True, True), (False, False), (False, True)])
-def test_gradcheck_tune_function(kind, with_bias, with_affine):
+def test_gradcheck_tune_function(kind, with_bias, with_affine, strategy):
     gen = torch.Generator().manual_seed(11)
 
     def rand(*shape, requires_grad=True):
@@ -188,9 +193,35 @@ def test_gradcheck_tune_function(kind, with_bias, with_affine):
     var = torch.rand(c, generator=gen, dtype=torch.float64) + 0.1
 
     def fn(x, w, b, gamma, beta):
-        return TuneFunction.apply(x, w, b, gamma, beta, mean, var, 1e-5, spec, torch.float64)
+        return TuneFunction.apply(x, w, b, gamma, beta, mean, var, 1e-5, spec, torch.float64, strategy)
 
     assert torch.autograd.gradcheck(fn, (x, w, b, gamma, beta))
+
+
+@pytest.mark.parametrize("strategy", ["weight", "output"])
+def test_tune_gradients_with_zero_gamma(strategy):
+    block, x, gen = _make_block(2, "groups1", 1, 1, True, True, seed=5)
+    block.tune_strategy = strategy
+    with torch.no_grad():
+        block.bn.weight[[0, 3]] = 0.0
+    upstream = torch.randn(2, 6, 9, 8, generator=gen, dtype=torch.float64)
+    _, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
+    _, tune_dx, tune_grads = _grads(block, x, "tune", upstream)
+    assert eval_grads["bn.weight"][0] != 0  # gamma's gradient does not vanish with gamma
+    assert rel_err(tune_dx, eval_dx) < 1e-10
+    for name, grad in eval_grads.items():
+        assert rel_err(tune_grads[name], grad) < 1e-10, name
+
+
+def test_auto_strategy_scales_the_smaller_of_weight_and_output():
+    from tllib_tune.modules.convbn import choose_strategy
+
+    spec = ("conv", [1, 1], [1, 1], [1, 1], 1)
+    weight = torch.zeros(512, 512, 3, 3)
+    assert choose_strategy(spec, torch.zeros(2, 512, 4, 4), weight, torch.float32) == "output"
+    assert choose_strategy(spec, torch.zeros(8, 512, 56, 56), weight, torch.float32) == "weight"
+    # under autocast the fold always happens on the weight, in float32
+    assert choose_strategy(spec, torch.zeros(2, 512, 4, 4), weight, torch.bfloat16) == "weight"
 
 
 def test_deploy_round_trip_restores_parameters_and_keeps_identity():

@@ -15,6 +15,7 @@ With s = gamma / sqrt(running_var + eps) per output channel:
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -57,18 +58,31 @@ MODE_CHOICES: Tuple[str, ...] = tuple(m.value for m in Mode)
 OpSpec = Tuple[Any, ...]
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def _autocast_dtype(x: Tensor) -> torch.dtype:
     """The dtype autocast would run a convolution in for ``x``, or x's own dtype outside autocast."""
     device_type = x.device.type
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-    if not enabled or not x.is_floating_point():
+    if not _autocast_enabled(device_type) or not x.is_floating_point():
         return x.dtype
     if hasattr(torch, "get_autocast_dtype"):
         return torch.get_autocast_dtype(device_type)
     return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+def _autocast_off(t: Tensor) -> Any:
+    """A context that disables autocast for ``t``'s device, or a no-op one when it is off already."""
+    device_type = t.device.type
+    return (
+        torch.autocast(device_type, enabled=False)
+        if _autocast_enabled(device_type)
+        else contextlib.nullcontext()
+    )
 
 
 def _fold_dtype(weight: Tensor) -> torch.dtype:
@@ -131,13 +145,44 @@ def _backward_op(
     return (grad_x if mask[0] else None, grad_w if mask[1] else None, grad_b if mask[2] else None)
 
 
-class TuneFunction(torch.autograd.Function):
-    """Operator with BatchNorm folded into its weight on the fly (the paper's Tune mode).
+def _output_view(t: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-channel vector to broadcast against an operator output of ``ndim`` dimensions."""
+    return t.reshape((1, -1) + (1,) * (ndim - 2))
 
-    ``apply(x, weight, bias, gamma, beta, running_mean, running_var, eps, spec, compute_dtype)``.
-    Keeps x (in ``compute_dtype``) and the module's own tensors for backward; the folded weight is
-    recomputed in backward, so no weight-sized temporary stays alive between forward and backward.
-    Folding happens in float32 (or float64 for float64 parameters) and is cast to ``compute_dtype``.
+
+def _output_numel(spec: OpSpec, x: Tensor, weight: Tensor) -> int:
+    """Number of elements the operator produces for input ``x`` (without running it)."""
+    if spec[0] == "linear":
+        return x.shape[0] * weight.shape[0]
+    _, stride, padding, dilation, _ = spec
+    numel = x.shape[0] * weight.shape[0]
+    for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation):
+        numel *= max((size + 2 * p - d * (k - 1) - 1) // s + 1, 0)
+    return numel
+
+
+def choose_strategy(spec: OpSpec, x: Tensor, weight: Tensor, compute_dtype: torch.dtype) -> str:
+    """Where Tune mode applies the BatchNorm scale: to the "weight" or to the "output".
+
+    Both compute the same function and keep only the input for backward. Scaling the weight costs a few
+    passes over the weight, scaling the output a few passes over the output; the smaller one wins (late
+    ResNet stages have large weights and small outputs). Under autocast the fold is always done on the
+    weight in float32, then cast, as the contract says.
+    """
+    if compute_dtype != weight.dtype:
+        return "weight"
+    return "output" if _output_numel(spec, x, weight) < weight.numel() else "weight"
+
+
+class TuneFunction(torch.autograd.Function):
+    """Operator with BatchNorm folded in on the fly (the paper's Tune mode).
+
+    ``apply(x, weight, bias, gamma, beta, running_mean, running_var, eps, spec, compute_dtype, strategy)``.
+    Keeps x (in ``compute_dtype``) and the module's own tensors for backward, nothing else: the folded
+    weight is recomputed in backward. With ``strategy="weight"`` the operator runs once with ``W * s``
+    (folded in float32, or float64 for float64 parameters, then cast to ``compute_dtype``); with
+    ``strategy="output"`` it runs with W and its output is scaled per channel, which is cheaper where the
+    output is smaller than the weight (see :func:`choose_strategy`).
     """
 
     @staticmethod
@@ -153,61 +198,89 @@ class TuneFunction(torch.autograd.Function):
         eps: float,
         spec: OpSpec,
         compute_dtype: torch.dtype,
+        strategy: str = "weight",
     ) -> Tensor:
-        with torch.autocast(x.device.type, enabled=False):
+        input_dtype = x.dtype
+        with _autocast_off(x):
             fold = _fold_dtype(weight)
-            scale = _scale(gamma, running_var, eps, fold)
-            folded_w = (weight.to(fold) * _channel_view(scale, weight.dim())).to(compute_dtype)
+            inv_std = _inv_std(running_var, eps, fold)
+            scale = inv_std if gamma is None else gamma.to(fold) * inv_std
             folded_b = _folded_bias(bias, beta, running_mean, scale, fold).to(compute_dtype)
             x = x.to(compute_dtype)
-            out = _forward_op(spec, x, folded_w, folded_b)
-        ctx.save_for_backward(x, weight, bias, gamma, running_mean, running_var)
-        ctx.eps, ctx.spec, ctx.compute_dtype, ctx.input_dtype = eps, spec, compute_dtype, x.dtype
+            if strategy == "output":
+                out = _forward_op(spec, x, weight, None)
+                out.mul_(_output_view(scale.to(out.dtype), out.dim())).add_(_output_view(folded_b, out.dim()))
+            else:
+                folded_w = (weight.to(fold) * _channel_view(scale, weight.dim())).to(compute_dtype)
+                out = _forward_op(spec, x, folded_w, folded_b)
+        # besides x, only per-channel vectors (scale, inv_std) and the module's own tensors are kept
+        ctx.save_for_backward(x, weight, bias, gamma, running_mean, scale, inv_std)
+        ctx.spec, ctx.compute_dtype, ctx.input_dtype = spec, compute_dtype, input_dtype
+        ctx.strategy = strategy
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
+        x, weight, bias, gamma, running_mean, scale, inv_std = ctx.saved_tensors
         need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
-        need_folded_w = need_w or need_gamma
-        need_folded_b = need_b or need_beta or need_gamma
-        grad_x = grad_w = grad_b = grad_gamma = grad_beta = None
-        with torch.autocast(grad_out.device.type, enabled=False):
-            fold = _fold_dtype(weight)
-            inv_std = _inv_std(running_var, ctx.eps, fold)
-            scale = inv_std if gamma is None else gamma.to(fold) * inv_std
-            scale_w = _channel_view(scale, weight.dim())
-            folded_w = (weight.to(fold) * scale_w).to(ctx.compute_dtype)
-            grad_x, grad_folded_w, grad_folded_b = _backward_op(
-                ctx.spec,
-                grad_out.to(ctx.compute_dtype),
-                x,
-                folded_w,
-                (need_x, need_folded_w, need_folded_b),
-            )
+        grad_x = grad_w = grad_b = grad_gamma = grad_beta = grad_folded_b = None
+        with _autocast_off(grad_out):
+            fold = scale.dtype
+            grad_out = grad_out.to(ctx.compute_dtype)
+            if ctx.strategy == "output":
+                # d/dx and d/dW of (conv(x, W) * s) are those of conv(x, W) for the gradient g = grad * s.
+                # A zero s (gamma == 0) would lose dL/dW' for gamma's gradient: there a tiny stand-in
+                # scale keeps it recoverable, at a relative cost far below round-off.
+                tiny = torch.finfo(fold).tiny ** 0.5
+                safe_scale = torch.where(scale == 0, torch.full_like(scale, tiny), scale)
+                scaled = grad_out * _output_view(safe_scale.to(grad_out.dtype), grad_out.dim())
+                grad_x, grad_w_direct, _ = _backward_op(
+                    ctx.spec, scaled, x, weight, (need_x, need_w or need_gamma, False)
+                )
+                if need_b or need_beta or need_gamma:
+                    dims = [0] + list(range(2, grad_out.dim()))
+                    grad_folded_b = grad_out.sum(dims).to(fold)
+                if grad_w_direct is not None:
+                    grad_w_direct = grad_w_direct.to(fold)
+                    grad_w = grad_w_direct.to(weight.dtype) if need_w else None
+                    grad_scale_w = _per_channel_dot(grad_w_direct, weight.to(fold)) / safe_scale
+            else:
+                scale_w = _channel_view(scale, weight.dim())
+                folded_w = (weight.to(fold) * scale_w).to(ctx.compute_dtype)
+                grad_x, grad_folded_w, grad_folded_b = _backward_op(
+                    ctx.spec,
+                    grad_out,
+                    x,
+                    folded_w,
+                    (need_x, need_w or need_gamma, need_b or need_beta or need_gamma),
+                )
+                if grad_folded_b is not None:
+                    grad_folded_b = grad_folded_b.to(fold)
+                if grad_folded_w is not None:
+                    grad_folded_w = grad_folded_w.to(fold)
+                    if need_gamma:
+                        grad_scale_w = _per_channel_dot(grad_folded_w, weight.to(fold))
+                    if need_w:
+                        # convolution_backward returned a fresh tensor: scale it in place
+                        grad_w = grad_folded_w.mul_(scale_w).to(weight.dtype)
             if grad_folded_b is not None:
-                grad_folded_b = grad_folded_b.to(fold)
                 if need_beta:
-                    grad_beta = grad_folded_b.to(gamma.dtype if gamma is not None else weight.dtype)
+                    grad_beta = grad_folded_b.to(weight.dtype if gamma is None else gamma.dtype)
                 if need_b:
                     grad_b = (grad_folded_b * scale).to(bias.dtype)
-            if grad_folded_w is not None:
-                grad_folded_w = grad_folded_w.to(fold)
                 if need_gamma:
-                    # per-channel dot product <dL/dW', W> as a batched matmul: no weight-sized temporary
-                    rows = weight.shape[0]
-                    flat_grad = grad_folded_w.reshape(rows, 1, -1)
-                    flat_w = weight.to(fold).reshape(rows, -1, 1)
                     centred = (bias.to(fold) if bias is not None else 0.0) - running_mean.to(fold)
-                    grad_scale = torch.bmm(flat_grad, flat_w).reshape(rows) + grad_folded_b * centred
-                    grad_gamma = (grad_scale * inv_std).to(gamma.dtype)
-                if need_w:
-                    # convolution_backward returned a fresh tensor: scale it in place
-                    grad_w = grad_folded_w.mul_(scale_w).to(weight.dtype)
+                    grad_gamma = ((grad_scale_w + grad_folded_b * centred) * inv_std).to(gamma.dtype)
         if grad_x is not None:
             grad_x = grad_x.to(ctx.input_dtype)
-        return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None
+        return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None, None
+
+
+def _per_channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum(a * b) per output channel (dimension 0)."""
+    rows = a.shape[0]
+    return torch.linalg.vecdot(a.reshape(rows, -1), b.reshape(rows, -1))
 
 
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -223,6 +296,9 @@ class ConvBNBase(nn.Module):
 
     op_attr = "conv"
     bn: nn.modules.batchnorm._BatchNorm
+    #: Where tune mode applies the BatchNorm scale: "auto" (per call, see :func:`choose_strategy`),
+    #: "weight" or "output". All three compute the same function with the same activation memory.
+    tune_strategy: str = "auto"
 
     def __init__(self, op: nn.Module, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode]) -> None:
         super().__init__()
@@ -385,6 +461,10 @@ class ConvBNBase(nn.Module):
         x = self._prepare_input(x)
         spec = self._op_spec()
         if mode is Mode.TUNE:
+            compute_dtype = _autocast_dtype(x)
+            strategy = self.tune_strategy
+            if strategy == "auto":
+                strategy = choose_strategy(spec, x, self.op.weight, compute_dtype)
             return TuneFunction.apply(
                 x,
                 self.op.weight,
@@ -395,7 +475,8 @@ class ConvBNBase(nn.Module):
                 bn.running_var,
                 bn.eps,
                 spec,
-                _autocast_dtype(x),
+                compute_dtype,
+                strategy,
             )
         return _forward_op(spec, x, self.op.weight, self._deploy_bias())
 
