@@ -213,20 +213,22 @@ class TuneFunction(torch.autograd.Function):
             else:
                 folded_w = (weight.to(fold) * _channel_view(scale, weight.dim())).to(compute_dtype)
                 out = _forward_op(spec, x, folded_w, folded_b)
-        # besides x, only per-channel vectors (scale, inv_std) and the module's own tensors are kept
-        ctx.save_for_backward(x, weight, bias, gamma, running_mean, scale, inv_std)
-        ctx.spec, ctx.compute_dtype, ctx.input_dtype = spec, compute_dtype, input_dtype
+        # x and the module's own tensors, nothing else: Tune's activation memory is exactly Deploy's
+        ctx.save_for_backward(x, weight, bias, gamma, running_mean, running_var)
+        ctx.eps, ctx.spec, ctx.compute_dtype, ctx.input_dtype = eps, spec, compute_dtype, input_dtype
         ctx.strategy = strategy
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, weight, bias, gamma, running_mean, scale, inv_std = ctx.saved_tensors
+        x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
         need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
         grad_x = grad_w = grad_b = grad_gamma = grad_beta = grad_folded_b = None
         with _autocast_off(grad_out):
-            fold = scale.dtype
+            fold = _fold_dtype(weight)
+            inv_std = _inv_std(running_var, ctx.eps, fold)
+            scale = inv_std if gamma is None else gamma.to(fold) * inv_std
             grad_out = grad_out.to(ctx.compute_dtype)
             if ctx.strategy == "output":
                 # d/dx and d/dW of (conv(x, W) * s) are those of conv(x, W) for the gradient g = grad * s.
