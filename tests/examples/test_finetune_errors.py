@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
 
 from tllib_tune.utils.checkpoint import save_checkpoint
 
-from .conftest import run_finetune, subprocess_env, tiny_args
+from .conftest import FINETUNE, run_finetune, subprocess_env, tiny_args
 from .test_finetune import load_finetune
 
 
@@ -118,6 +119,33 @@ def test_corrupt_image(args, broken_root):
     image = broken_root / "images" / "001.oval_dot" / "oval_dot_0021.jpg"  # a test image: evaluation reads it
     image.write_bytes(image.read_bytes()[:200])
     fails(run_finetune(args(root=broken_root.parent)), 1, "oval_dot_0021.jpg")
+
+
+# The wrapper points the official CUB-200 resource at a local file, then runs finetune.py as a script.
+_DOWNLOAD_WRAPPER = """
+import runpy, sys
+from tllib_tune.datasets.download import RESOURCES, Resource
+RESOURCES["cub200"] = Resource(sys.argv[1], "CUB_200_2011.tgz", "CUB_200_2011", md5=sys.argv[2])
+sys.argv = [sys.argv[3]] + sys.argv[4:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("case", ["checksum-mismatch", "unreachable"])
+def test_failed_download_leaves_nothing_behind(args, tmp_path, case):
+    archive = tmp_path / "served" / "CUB_200_2011.tgz"
+    archive.parent.mkdir()
+    if case == "checksum-mismatch":
+        archive.write_bytes(b"not the archive the checksum describes")
+    url = archive.as_uri()  # unreachable: the file is never written
+    root = tmp_path / "data" / "cub200"
+    flags = args(root=root, dataset="cub200")
+    result = run_finetune(
+        ["-c", _DOWNLOAD_WRAPPER, url, "f" * 32, str(FINETUNE), *flags], cmd=[sys.executable]
+    )
+    fails(result, 1, "expected " + "f" * 32 if case == "checksum-mismatch" else "CUB_200_2011.tgz")
+    leftovers = sorted(p.name for p in root.rglob("*")) if root.exists() else []
+    assert leftovers == [], leftovers
 
 
 # ---- weights and checkpoints -----------------------------------------------------------------------------

@@ -84,13 +84,13 @@ def file_digest(path: PathLike, algorithm: str) -> str:
 
 
 def _check_digests(
-    path: Path, actual: Dict[str, str], expected: Dict[str, Optional[str]], source: str
+    path: Path, actual: Dict[str, str], expected: Dict[str, Optional[str]], source: str, fix: str
 ) -> None:
     for algorithm, want in expected.items():
         if want and actual[algorithm].lower() != want.lower():
             raise ChecksumError(
                 f"{source} has {algorithm} {actual[algorithm]}, expected {want}: the file is corrupt, "
-                f"truncated or not the published one. Delete {path} and download it again."
+                f"truncated or not the published one. {fix}"
             )
 
 
@@ -98,7 +98,7 @@ def verify_checksum(path: PathLike, md5: Optional[str] = None, sha256: Optional[
     """Raise :class:`ChecksumError` if ``path`` does not match the given digests (None = unchecked)."""
     expected = {"md5": md5, "sha256": sha256}
     actual = {name: file_digest(path, name) for name, want in expected.items() if want}
-    _check_digests(Path(path), actual, expected, str(path))
+    _check_digests(Path(path), actual, expected, str(path), f"Delete {path} and download it again.")
 
 
 def download_url(
@@ -148,7 +148,13 @@ def download_url(
                 f"download of {url} stopped after {received} of {total} bytes; run again to retry"
             )
         actual = {name: h.hexdigest() for name, h in hashers.items()}
-        _check_digests(path, actual, {"md5": md5, "sha256": sha256}, f"the download of {url}")
+        _check_digests(
+            path,
+            actual,
+            {"md5": md5, "sha256": sha256},
+            f"the download of {url}",
+            f"Nothing was saved; run again to retry, or fetch the file by hand and save it as {path}.",
+        )
         os.replace(tmp, path)
     except (DownloadError, ChecksumError):
         raise
