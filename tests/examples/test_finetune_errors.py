@@ -262,3 +262,20 @@ def test_out_of_memory_names_mode_and_batch(args, monkeypatch, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("finetune.py: error: out of memory in eval mode with --batch-size 4")
     assert "--mode tune" in line and "smaller --batch-size" in line
+
+
+_OOM_WRAPPER = """
+import runpy, sys, torch
+import tllib_tune.engine as engine
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+engine.train_one_epoch = out_of_memory
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_out_of_memory_in_a_real_process_exits_non_zero(args):
+    result = run_finetune(["-c", _OOM_WRAPPER, str(FINETUNE), *args(mode="train")], cmd=[sys.executable])
+    line = fails(result, 1, "out of memory in train mode with --batch-size 4", "--mode tune")
+    assert "smaller --batch-size" in line
