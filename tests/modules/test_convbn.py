@@ -222,6 +222,34 @@ def test_auto_strategy_scales_the_smaller_of_weight_and_output():
     assert choose_strategy(spec, torch.zeros(8, 512, 56, 56), weight, torch.float32) == "weight"
     # under autocast the fold always happens on the weight, in float32
     assert choose_strategy(spec, torch.zeros(2, 512, 4, 4), weight, torch.bfloat16) == "weight"
+    # an explicit request is honoured only where the output can be scaled in the parameters' dtype
+    assert choose_strategy(spec, torch.zeros(8, 512, 56, 56), weight, torch.float32, "output") == "output"
+    assert choose_strategy(spec, torch.zeros(2, 512, 4, 4), weight, torch.float32, "weight") == "weight"
+    assert (
+        choose_strategy(spec, torch.zeros(2, 512, 4, 4), weight.half(), torch.float16, "output") == "weight"
+    )
+
+
+@pytest.mark.parametrize("strategy", ["weight", "output"])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_tune_without_gradients_equals_eval_and_builds_no_graph(strategy, frozen):
+    """Under no_grad (validation) or with everything frozen, tune skips the autograd function."""
+    block, x, _ = _make_block(2, "groups1", 2, 1, True, True, seed=9)
+    block.tune_strategy = strategy
+    block.mode = "eval"
+    expected = block(x).detach()
+    block.mode = "tune"
+    if frozen:
+        block.requires_grad_(False)
+        out = block(x)
+    else:
+        with torch.no_grad():
+            out = block(x)
+    assert out.grad_fn is None
+    assert rel_err(out, expected) < 1e-12
+    # and with gradients wanted, the autograd function is used
+    block.requires_grad_(True)
+    assert type(block(x).grad_fn).__name__ == "TuneFunctionBackward"
 
 
 def test_deploy_round_trip_restores_parameters_and_keeps_identity():

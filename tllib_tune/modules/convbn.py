@@ -99,17 +99,41 @@ def _scale(gamma: Optional[Tensor], running_var: Tensor, eps: float, dtype: torc
     return inv_std if gamma is None else gamma.to(dtype) * inv_std
 
 
+def _weight_shape(ndim: int) -> Tuple[int, ...]:
+    """View shape of a per-output-channel vector broadcast against a weight of ``ndim`` dimensions."""
+    return _WEIGHT_SHAPES[ndim] if ndim < len(_WEIGHT_SHAPES) else (-1,) + (1,) * (ndim - 1)
+
+
+def _output_shape(ndim: int) -> Tuple[int, ...]:
+    """View shape of a per-channel vector broadcast against an operator output of ``ndim`` dimensions."""
+    return _OUTPUT_SHAPES[ndim] if ndim < len(_OUTPUT_SHAPES) else (1, -1) + (1,) * (ndim - 2)
+
+
+def _reduce_dims(ndim: int) -> Tuple[int, ...]:
+    """The dimensions of an operator output to sum over for a per-channel total."""
+    return _REDUCE_DIMS[ndim] if ndim < len(_REDUCE_DIMS) else (0,) + tuple(range(2, ndim))
+
+
+_WEIGHT_SHAPES = [(-1,)] + [(-1,) + (1,) * (n - 1) for n in range(1, 6)]
+_OUTPUT_SHAPES = [(-1,), (-1,)] + [(1, -1) + (1,) * (n - 2) for n in range(2, 6)]
+_REDUCE_DIMS = [(), (0,)] + [(0,) + tuple(range(2, n)) for n in range(2, 6)]
+
+
 def _channel_view(t: Tensor, ndim: int) -> Tensor:
     """Reshape a per-output-channel vector to broadcast against a weight of ``ndim`` dimensions."""
-    return t.reshape((-1,) + (1,) * (ndim - 1))
+    return t.view(_weight_shape(ndim))
 
 
 def _folded_bias(
     bias: Optional[Tensor], beta: Optional[Tensor], mean: Tensor, scale: Tensor, dtype: torch.dtype
 ) -> Tensor:
-    centred = -mean.to(dtype) if bias is None else bias.to(dtype) - mean.to(dtype)
-    shift = centred * scale
-    return shift if beta is None else shift + beta.to(dtype)
+    """beta + (b - mean) * s, in ``dtype``."""
+    mean = mean.to(dtype)
+    if beta is None:
+        return (-mean if bias is None else bias.to(dtype) - mean) * scale
+    if bias is None:
+        return torch.addcmul(beta.to(dtype), mean, scale, value=-1)
+    return torch.addcmul(beta.to(dtype), bias.to(dtype) - mean, scale)
 
 
 def _forward_op(spec: OpSpec, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -145,11 +169,6 @@ def _backward_op(
     return (grad_x if mask[0] else None, grad_w if mask[1] else None, grad_b if mask[2] else None)
 
 
-def _output_view(t: Tensor, ndim: int) -> Tensor:
-    """Reshape a per-channel vector to broadcast against an operator output of ``ndim`` dimensions."""
-    return t.reshape((1, -1) + (1,) * (ndim - 2))
-
-
 def _output_numel(spec: OpSpec, x: Tensor, weight: Tensor) -> int:
     """Number of elements the operator produces for input ``x`` (without running it)."""
     if spec[0] == "linear":
@@ -161,16 +180,21 @@ def _output_numel(spec: OpSpec, x: Tensor, weight: Tensor) -> int:
     return numel
 
 
-def choose_strategy(spec: OpSpec, x: Tensor, weight: Tensor, compute_dtype: torch.dtype) -> str:
+def choose_strategy(
+    spec: OpSpec, x: Tensor, weight: Tensor, compute_dtype: torch.dtype, requested: str = "auto"
+) -> str:
     """Where Tune mode applies the BatchNorm scale: to the "weight" or to the "output".
 
     Both compute the same function and keep only the input for backward. Scaling the weight costs a few
-    passes over the weight, scaling the output a few passes over the output; the smaller one wins (late
-    ResNet stages have large weights and small outputs). Under autocast the fold is always done on the
-    weight in float32, then cast, as the contract says.
+    passes over the weight, scaling the output a few passes over the output; with ``requested="auto"``
+    the smaller one wins (late ResNet stages have large weights and small outputs). The output is scaled
+    only in float32 and float64 without autocast; otherwise the fold is done on the weight in float32,
+    then cast, as the contract says, whatever was requested.
     """
-    if compute_dtype != weight.dtype:
+    if compute_dtype != weight.dtype or weight.dtype not in (torch.float32, torch.float64):
         return "weight"
+    if requested != "auto":
+        return requested
     return "output" if _output_numel(spec, x, weight) < weight.numel() else "weight"
 
 
@@ -181,8 +205,10 @@ class TuneFunction(torch.autograd.Function):
     Keeps x (in ``compute_dtype``) and the module's own tensors for backward, nothing else: the folded
     weight is recomputed in backward. With ``strategy="weight"`` the operator runs once with ``W * s``
     (folded in float32, or float64 for float64 parameters, then cast to ``compute_dtype``); with
-    ``strategy="output"`` it runs with W and its output is scaled per channel, which is cheaper where the
-    output is smaller than the weight (see :func:`choose_strategy`).
+    ``strategy="output"`` it runs with W and its output is normalised per channel (and in backward the
+    incoming gradient is scaled instead of the weight), which is cheaper where the output is smaller
+    than the weight (see :func:`choose_strategy`). Every per-channel quantity is recomputed from the
+    module's tensors, so backward sees exactly the function forward computed.
     """
 
     @staticmethod
@@ -202,17 +228,8 @@ class TuneFunction(torch.autograd.Function):
     ) -> Tensor:
         input_dtype = x.dtype
         with _autocast_off(x):
-            fold = _fold_dtype(weight)
-            inv_std = _inv_std(running_var, eps, fold)
-            scale = inv_std if gamma is None else gamma.to(fold) * inv_std
-            folded_b = _folded_bias(bias, beta, running_mean, scale, fold).to(compute_dtype)
             x = x.to(compute_dtype)
-            if strategy == "output":
-                out = _forward_op(spec, x, weight, None)
-                out.mul_(_output_view(scale.to(out.dtype), out.dim())).add_(_output_view(folded_b, out.dim()))
-            else:
-                folded_w = (weight.to(fold) * _channel_view(scale, weight.dim())).to(compute_dtype)
-                out = _forward_op(spec, x, folded_w, folded_b)
+            out = _tune_forward(x, weight, bias, gamma, beta, running_mean, running_var, eps, spec, strategy)
         # x and the module's own tensors, nothing else: Tune's activation memory is exactly Deploy's
         ctx.save_for_backward(x, weight, bias, gamma, running_mean, running_var)
         ctx.eps, ctx.spec, ctx.compute_dtype, ctx.input_dtype = eps, spec, compute_dtype, input_dtype
@@ -224,65 +241,93 @@ class TuneFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
         x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
         need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
-        grad_x = grad_w = grad_b = grad_gamma = grad_beta = grad_folded_b = None
+        need_folded_b = need_b or need_beta or need_gamma
+        grad_w = grad_b = grad_gamma = grad_beta = grad_folded_b = channel_dot = None
+        fold = _fold_dtype(weight)
         with _autocast_off(grad_out):
-            fold = _fold_dtype(weight)
             inv_std = _inv_std(running_var, ctx.eps, fold)
             scale = inv_std if gamma is None else gamma.to(fold) * inv_std
             grad_out = grad_out.to(ctx.compute_dtype)
             if ctx.strategy == "output":
-                # d/dx and d/dW of (conv(x, W) * s) are those of conv(x, W) for the gradient g = grad * s.
-                # A zero s (gamma == 0) would lose dL/dW' for gamma's gradient: there a tiny stand-in
-                # scale keeps it recoverable, at a relative cost far below round-off.
-                tiny = torch.finfo(fold).tiny ** 0.5
-                safe_scale = torch.where(scale == 0, torch.full_like(scale, tiny), scale)
-                scaled = grad_out * _output_view(safe_scale.to(grad_out.dtype), grad_out.dim())
-                grad_x, grad_w_direct, _ = _backward_op(
-                    ctx.spec, scaled, x, weight, (need_x, need_w or need_gamma, False)
+                # d/dx and d/dW of (conv(x, W) * s) are those of conv(x, W) for the gradient g = grad * s,
+                # and d/dW is then already the weight's gradient. A zero s (gamma == 0) would lose dL/dW'
+                # for gamma's gradient: there a tiny stand-in scale keeps it recoverable, at a relative
+                # cost far below round-off.
+                if need_gamma:
+                    scale = torch.where(scale == 0, torch.finfo(fold).tiny ** 0.5, scale)
+                grad_x, grad_w, _ = _backward_op(
+                    ctx.spec,
+                    grad_out * scale.view(_output_shape(grad_out.dim())),
+                    x,
+                    weight,
+                    (need_x, need_w or need_gamma, False),
                 )
-                if need_b or need_beta or need_gamma:
-                    dims = [0] + list(range(2, grad_out.dim()))
-                    grad_folded_b = grad_out.sum(dims).to(fold)
-                if grad_w_direct is not None:
-                    grad_w_direct = grad_w_direct.to(fold)
-                    grad_w = grad_w_direct.to(weight.dtype) if need_w else None
-                    grad_scale_w = _per_channel_dot(grad_w_direct, weight.to(fold)) / safe_scale
+                if need_folded_b:
+                    grad_folded_b = grad_out.sum(_reduce_dims(grad_out.dim()))
+                if need_gamma:
+                    channel_dot = _per_channel_dot(grad_w, weight).div_(scale)
             else:
-                scale_w = _channel_view(scale, weight.dim())
-                folded_w = (weight.to(fold) * scale_w).to(ctx.compute_dtype)
-                grad_x, grad_folded_w, grad_folded_b = _backward_op(
+                scale_w = scale.view(_weight_shape(weight.dim()))
+                grad_x, grad_w, grad_folded_b = _backward_op(
                     ctx.spec,
                     grad_out,
                     x,
-                    folded_w,
-                    (need_x, need_w or need_gamma, need_b or need_beta or need_gamma),
+                    (weight.to(fold) * scale_w).to(ctx.compute_dtype),
+                    (need_x, need_w or need_gamma, need_folded_b),
                 )
+                if grad_w is not None:  # the folded weight's gradient, a fresh tensor
+                    grad_w = grad_w.to(fold)
+                    if need_gamma:
+                        channel_dot = _per_channel_dot(grad_w, weight.to(fold))
+                    grad_w = grad_w.mul_(scale_w).to(weight.dtype)
                 if grad_folded_b is not None:
                     grad_folded_b = grad_folded_b.to(fold)
-                if grad_folded_w is not None:
-                    grad_folded_w = grad_folded_w.to(fold)
-                    if need_gamma:
-                        grad_scale_w = _per_channel_dot(grad_folded_w, weight.to(fold))
-                    if need_w:
-                        # convolution_backward returned a fresh tensor: scale it in place
-                        grad_w = grad_folded_w.mul_(scale_w).to(weight.dtype)
-            if grad_folded_b is not None:
-                if need_beta:
-                    grad_beta = grad_folded_b.to(weight.dtype if gamma is None else gamma.dtype)
-                if need_b:
-                    grad_b = (grad_folded_b * scale).to(bias.dtype)
-                if need_gamma:
-                    centred = (bias.to(fold) if bias is not None else 0.0) - running_mean.to(fold)
-                    grad_gamma = ((grad_scale_w + grad_folded_b * centred) * inv_std).to(gamma.dtype)
+            if not need_w:
+                grad_w = None
+            if need_beta:
+                grad_beta = grad_folded_b.to(gamma.dtype)
+            if need_b:
+                grad_b = (grad_folded_b * scale).to(bias.dtype)
+            if need_gamma:
+                # dL/dgamma = (sum(dL/dW' * W) + dL/db' * (b - mean)) / sqrt(var + eps)
+                mean = running_mean.to(fold)
+                if bias is None:
+                    channel_dot = torch.addcmul(channel_dot, grad_folded_b, mean, value=-1)
+                else:
+                    channel_dot = torch.addcmul(channel_dot, grad_folded_b, bias.to(fold) - mean)
+                grad_gamma = channel_dot.mul_(inv_std).to(gamma.dtype)
         if grad_x is not None:
             grad_x = grad_x.to(ctx.input_dtype)
         return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None, None
 
 
+def _tune_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    spec: OpSpec,
+    strategy: str,
+) -> Tensor:
+    """Tune's forward for an ``x`` already in the compute dtype (shared by TuneFunction and no-grad calls)."""
+    if strategy == "output":
+        # the operator, then BatchNorm with the running statistics: one fused per-channel pass
+        out = _forward_op(spec, x, weight, bias)
+        return F.batch_norm(out, running_mean, running_var, gamma, beta, False, 0.0, eps)
+    fold = _fold_dtype(weight)
+    scale = _scale(gamma, running_var, eps, fold)
+    folded_b = _folded_bias(bias, beta, running_mean, scale, fold).to(x.dtype)
+    folded_w = (weight.to(fold) * _channel_view(scale, weight.dim())).to(x.dtype)
+    return _forward_op(spec, x, folded_w, folded_b)
+
+
 def _per_channel_dot(a: Tensor, b: Tensor) -> Tensor:
     """sum(a * b) per output channel (dimension 0)."""
-    rows = a.shape[0]
-    return torch.linalg.vecdot(a.reshape(rows, -1), b.reshape(rows, -1))
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
 
 
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -463,23 +508,25 @@ class ConvBNBase(nn.Module):
         x = self._prepare_input(x)
         spec = self._op_spec()
         if mode is Mode.TUNE:
+            weight = self.op.weight
             compute_dtype = _autocast_dtype(x)
-            strategy = self.tune_strategy
-            if strategy == "auto":
-                strategy = choose_strategy(spec, x, self.op.weight, compute_dtype)
-            return TuneFunction.apply(
+            strategy = choose_strategy(spec, x, weight, compute_dtype, self.tune_strategy)
+            if strategy == "output" and bn.running_var.dtype != weight.dtype:
+                strategy = "weight"
+            tensors = (
                 x,
-                self.op.weight,
+                weight,
                 self.op.bias,
                 bn.weight if bn.affine else None,
                 bn.bias if bn.affine else None,
                 bn.running_mean,
                 bn.running_var,
-                bn.eps,
-                spec,
-                compute_dtype,
-                strategy,
             )
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:5]):
+                return TuneFunction.apply(*tensors, bn.eps, spec, compute_dtype, strategy)
+            # nothing to differentiate: the same computation without the autograd function
+            with _autocast_off(x):
+                return _tune_forward(x.to(compute_dtype), *tensors[1:], bn.eps, spec, strategy)
         return _forward_op(spec, x, self.op.weight, self._deploy_bias())
 
 
