@@ -208,6 +208,7 @@ def test_tune_gradients_with_zero_gamma(strategy):
     _, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
     _, tune_dx, tune_grads = _grads(block, x, "tune", upstream)
     assert eval_grads["bn.weight"][0] != 0  # gamma's gradient does not vanish with gamma
+    assert (tune_grads["conv.bias"][[0, 3]] == 0).all()  # the bias of a zeroed channel has no effect
     assert rel_err(tune_dx, eval_dx) < 1e-10
     for name, grad in eval_grads.items():
         assert rel_err(tune_grads[name], grad) < 1e-10, name

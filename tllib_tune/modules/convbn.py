@@ -253,11 +253,12 @@ class TuneFunction(torch.autograd.Function):
                 # and d/dW is then already the weight's gradient. A zero s (gamma == 0) would lose dL/dW'
                 # for gamma's gradient: there a tiny stand-in scale keeps it recoverable, at a relative
                 # cost far below round-off.
-                if need_gamma:
-                    scale = torch.where(scale == 0, torch.finfo(fold).tiny ** 0.5, scale)
+                safe_scale = (
+                    torch.where(scale == 0, torch.finfo(fold).tiny ** 0.5, scale) if need_gamma else scale
+                )
                 grad_x, grad_w, _ = _backward_op(
                     ctx.spec,
-                    grad_out * scale.view(_output_shape(grad_out.dim())),
+                    grad_out * safe_scale.view(_output_shape(grad_out.dim())),
                     x,
                     weight,
                     (need_x, need_w or need_gamma, False),
@@ -265,7 +266,7 @@ class TuneFunction(torch.autograd.Function):
                 if need_folded_b:
                     grad_folded_b = grad_out.sum(_reduce_dims(grad_out.dim()))
                 if need_gamma:
-                    channel_dot = _per_channel_dot(grad_w, weight).div_(scale)
+                    channel_dot = _per_channel_dot(grad_w, weight).div_(safe_scale)
             else:
                 scale_w = scale.view(_weight_shape(weight.dim()))
                 grad_x, grad_w, grad_folded_b = _backward_op(
