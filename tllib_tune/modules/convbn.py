@@ -268,7 +268,7 @@ class TuneFunction(torch.autograd.Function):
                 if need_gamma:
                     channel_dot = _per_channel_dot(grad_w, weight).div_(safe_scale)
             else:
-                scale_w = scale.view(_weight_shape(weight.dim()))
+                scale_w = _channel_view(scale, weight.dim())
                 grad_x, grad_w, grad_folded_b = _backward_op(
                     ctx.spec,
                     grad_out,
