@@ -370,12 +370,17 @@ def test_tune_under_cpu_autocast_bfloat16_folds_in_float32():
     assert torch.isfinite(block.bn.weight.grad).all()
 
 
-def test_tune_channels_last():
+@pytest.mark.parametrize("strategy", ["weight", "output"])
+def test_tune_channels_last(strategy):
     block, x, gen = _make_block(2, "groups1", 1, 1, True, True, seed=9)
     upstream = torch.randn(2, 6, 9, 8, generator=gen, dtype=torch.float64)
     _, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
     x_cl = x.contiguous(memory_format=torch.channels_last)
+    # the weight too, as model.to(memory_format=torch.channels_last) does
+    block.to(memory_format=torch.channels_last)
+    assert block.conv.weight.is_contiguous(memory_format=torch.channels_last)
     block.mode = "tune"
+    block.tune_strategy = strategy
     block.zero_grad(set_to_none=True)
     x_cl.requires_grad_(True)
     out = block(x_cl)

@@ -242,7 +242,7 @@ class TuneFunction(torch.autograd.Function):
         x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
         need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
         need_folded_b = need_b or need_beta or need_gamma
-        grad_w = grad_b = grad_gamma = grad_beta = grad_folded_b = channel_dot = None
+        grad_w = grad_b = grad_gamma = grad_beta = grad_folded_b = weight_term = None
         fold = _fold_dtype(weight)
         with _autocast_off(grad_out):
             inv_std = _inv_std(running_var, ctx.eps, fold)
@@ -266,21 +266,23 @@ class TuneFunction(torch.autograd.Function):
                 if need_folded_b:
                     grad_folded_b = grad_out.sum(_reduce_dims(grad_out.dim()))
                 if need_gamma:
-                    channel_dot = _per_channel_dot(grad_w, weight).div_(safe_scale)
+                    # sum(dL/dW' * W) / sqrt(var + eps), with dL/dW' = dL/dW / s
+                    _, weight_term = _fold_backward(grad_w, weight, None, running_var, ctx.eps, (False, True))
+                    weight_term = weight_term.div_(safe_scale)
             else:
-                scale_w = _channel_view(scale, weight.dim())
-                grad_x, grad_w, grad_folded_b = _backward_op(
+                grad_x, grad_folded_w, grad_folded_b = _backward_op(
                     ctx.spec,
                     grad_out,
                     x,
-                    (weight.to(fold) * scale_w).to(ctx.compute_dtype),
+                    (weight.to(fold) * _channel_view(scale, weight.dim())).to(ctx.compute_dtype),
                     (need_x, need_w or need_gamma, need_folded_b),
                 )
-                if grad_w is not None:  # the folded weight's gradient, a fresh tensor
-                    grad_w = grad_w.to(fold)
-                    if need_gamma:
-                        channel_dot = _per_channel_dot(grad_w, weight.to(fold))
-                    grad_w = grad_w.mul_(scale_w).to(weight.dtype)
+                if grad_folded_w is not None:
+                    grad_w, weight_term = _fold_backward(
+                        grad_folded_w, weight, gamma, running_var, ctx.eps, (need_w, need_gamma)
+                    )
+                    if grad_w is not None:
+                        grad_w = grad_w.to(weight.dtype)
                 if grad_folded_b is not None:
                     grad_folded_b = grad_folded_b.to(fold)
             if not need_w:
@@ -292,11 +294,9 @@ class TuneFunction(torch.autograd.Function):
             if need_gamma:
                 # dL/dgamma = (sum(dL/dW' * W) + dL/db' * (b - mean)) / sqrt(var + eps)
                 mean = running_mean.to(fold)
-                if bias is None:
-                    channel_dot = torch.addcmul(channel_dot, grad_folded_b, mean, value=-1)
-                else:
-                    channel_dot = torch.addcmul(channel_dot, grad_folded_b, bias.to(fold) - mean)
-                grad_gamma = channel_dot.mul_(inv_std).to(gamma.dtype)
+                centred_bias = -mean if bias is None else bias.to(fold) - mean
+                grad_gamma = torch.addcmul(weight_term, grad_folded_b, centred_bias.mul_(inv_std))
+                grad_gamma = grad_gamma.to(gamma.dtype)
         if grad_x is not None:
             grad_x = grad_x.to(ctx.input_dtype)
         return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None, None
@@ -326,9 +326,37 @@ def _tune_forward(
     return _forward_op(spec, x, folded_w, folded_b)
 
 
-def _per_channel_dot(a: Tensor, b: Tensor) -> Tensor:
-    """sum(a * b) per output channel (dimension 0)."""
-    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
+def _fold_backward(
+    grad_folded_w: Tensor,
+    weight: Tensor,
+    gamma: Optional[Tensor],
+    running_var: Tensor,
+    eps: float,
+    mask: Tuple[bool, bool],
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Backward of the fold W' = W * gamma / sqrt(var + eps), given dL/dW'.
+
+    Returns dL/dW and, per output channel, sum(dL/dW' * W) / sqrt(var + eps) (gamma's share from the
+    weight), each only where ``mask`` asks, in the fold dtype. The fold is BatchNorm's inference
+    transform of W seen as one sample whose features are the output channels, with a zero mean, so
+    BatchNorm's own backward kernel computes both, without the weight-sized temporary that a
+    multiply-then-sum needs.
+    """
+    fold = _fold_dtype(weight)
+    channels = weight.shape[0]
+    grad_w, weight_term, _ = torch.ops.aten.native_batch_norm_backward(
+        grad_folded_w.to(fold).reshape(1, channels, -1),
+        weight.to(fold).reshape(1, channels, -1),
+        None if gamma is None else gamma.to(fold),
+        torch.zeros(channels, dtype=fold, device=weight.device),
+        running_var.to(fold),
+        None,
+        None,
+        False,
+        eps,
+        [mask[0], mask[1], False],
+    )
+    return (grad_w.view(weight.shape) if mask[0] else None, weight_term if mask[1] else None)
 
 
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
