@@ -265,24 +265,22 @@ class TuneFunction(torch.autograd.Function):
                 )
                 if need_folded_b:
                     grad_folded_b = grad_out.sum(_reduce_dims(grad_out.dim()))
-                if need_gamma:
-                    # sum(dL/dW' * W) / sqrt(var + eps), with dL/dW' = dL/dW / s
-                    _, weight_term = _fold_backward(grad_w, weight, None, running_var, ctx.eps, (False, True))
+                if need_gamma:  # grad_w is dL/dW' * s
+                    weight_term = _weight_share_of_gamma_grad(grad_w, weight, running_var, ctx.eps)
                     weight_term = weight_term.div_(safe_scale)
             else:
-                grad_x, grad_folded_w, grad_folded_b = _backward_op(
+                scale_w = _channel_view(scale, weight.dim())
+                grad_x, grad_w, grad_folded_b = _backward_op(
                     ctx.spec,
                     grad_out,
                     x,
-                    (weight.to(fold) * _channel_view(scale, weight.dim())).to(ctx.compute_dtype),
+                    (weight.to(fold) * scale_w).to(ctx.compute_dtype),
                     (need_x, need_w or need_gamma, need_folded_b),
                 )
-                if grad_folded_w is not None:
-                    grad_w, weight_term = _fold_backward(
-                        grad_folded_w, weight, gamma, running_var, ctx.eps, (need_w, need_gamma)
-                    )
-                    if grad_w is not None:
-                        grad_w = grad_w.to(weight.dtype)
+                if grad_w is not None:  # the folded weight's gradient, a fresh tensor
+                    if need_gamma:
+                        weight_term = _weight_share_of_gamma_grad(grad_w, weight, running_var, ctx.eps)
+                    grad_w = grad_w.to(fold).mul_(scale_w).to(weight.dtype)
                 if grad_folded_b is not None:
                     grad_folded_b = grad_folded_b.to(fold)
             if not need_w:
@@ -326,37 +324,32 @@ def _tune_forward(
     return _forward_op(spec, x, folded_w, folded_b)
 
 
-def _fold_backward(
-    grad_folded_w: Tensor,
-    weight: Tensor,
-    gamma: Optional[Tensor],
-    running_var: Tensor,
-    eps: float,
-    mask: Tuple[bool, bool],
-) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """Backward of the fold W' = W * gamma / sqrt(var + eps), given dL/dW'.
+def _weight_share_of_gamma_grad(
+    grad_folded_w: Tensor, weight: Tensor, running_var: Tensor, eps: float
+) -> Tensor:
+    """sum(dL/dW' * W) / sqrt(var + eps) per output channel, in the fold dtype: gamma's gradient share
+    from the weight when W' = W * gamma / sqrt(var + eps).
 
-    Returns dL/dW and, per output channel, sum(dL/dW' * W) / sqrt(var + eps) (gamma's share from the
-    weight), each only where ``mask`` asks, in the fold dtype. The fold is BatchNorm's inference
-    transform of W seen as one sample whose features are the output channels, with a zero mean, so
-    BatchNorm's own backward kernel computes both, without the weight-sized temporary that a
-    multiply-then-sum needs.
+    This is the gradient BatchNorm's inference transform gives its scale when it normalises W (seen as
+    one sample whose features are the output channels) with a zero mean, so BatchNorm's own backward
+    kernel computes it: one read of both tensors, without the weight-sized temporary that
+    multiply-then-sum allocates.
     """
     fold = _fold_dtype(weight)
     channels = weight.shape[0]
-    grad_w, weight_term, _ = torch.ops.aten.native_batch_norm_backward(
+    _, share, _ = torch.ops.aten.native_batch_norm_backward(
         grad_folded_w.to(fold).reshape(1, channels, -1),
         weight.to(fold).reshape(1, channels, -1),
-        None if gamma is None else gamma.to(fold),
+        None,
         torch.zeros(channels, dtype=fold, device=weight.device),
         running_var.to(fold),
         None,
         None,
         False,
         eps,
-        [mask[0], mask[1], False],
+        [False, True, False],
     )
-    return (grad_w.view(weight.shape) if mask[0] else None, weight_term if mask[1] else None)
+    return share
 
 
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
