@@ -5,7 +5,9 @@
 One iteration = forward of a zoo backbone plus a linear head, cross-entropy, backward, SGD step. For every
 (batch size, input size) the modes are run interleaved, repeat after repeat, so that machine drift hits
 them alike; ratios to eval and to deploy come from the same run. Activation memory is the exact
-saved-for-backward byte count (parameters excluded); on CUDA the peak allocated memory is reported too.
+saved-for-backward byte count (parameters excluded); on CUDA the peak allocated memory is reported too,
+and everywhere the process's minor page faults per iteration (fresh memory pages the OS had to map: on
+the CPU a large share of the time, and set by the C allocator, so the header names its settings).
 Writes results.csv, a TensorBoard run, a PNG plot (with the "plot" extra) and prints the table.
 """
 
@@ -45,7 +47,23 @@ COLUMNS = [
     "time_vs_deploy",
     "memory_vs_eval",
     "memory_vs_deploy",
+    "page_faults",
 ]
+
+#: Environment variables that move CPU timings (OpenMP thread waiting, the C allocator); the header
+#: names the ones set, so that runs can be compared.
+TIMING_ENV = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "LD_PRELOAD",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_CONF",
+)
 
 
 @dataclass
@@ -56,10 +74,26 @@ class Result:
     times: List[float] = field(default_factory=list)
     activation_bytes: int = 0
     peak_bytes: Optional[int] = None
+    page_faults: List[int] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+
+def minor_page_faults() -> Optional[int]:
+    """Minor page faults of this process so far; None where the platform does not count them."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timing_environment() -> str:
+    """The TIMING_ENV variables that are set, or a note that the defaults are in use."""
+    found = [f"{k}={os.environ[k]}" for k in TIMING_ENV if os.environ.get(k)]
+    return ", ".join(found) if found else "default OpenMP and allocator settings"
 
 
 def _int_list(text: str) -> List[int]:
@@ -224,7 +258,10 @@ class Runner:
                 progress.update(1)
         for _ in range(args.repeats):
             for mode in args.modes:  # interleaved: drift hits every mode alike
+                faults = minor_page_faults()
                 results[mode].times.append(self.iteration(mode, x, y))
+                if faults is not None:
+                    results[mode].page_faults.append(minor_page_faults() - faults)
                 progress.update(1)
         return list(results.values())
 
@@ -255,6 +292,7 @@ def rows_for(results: List[Result], args: argparse.Namespace) -> List[dict]:
                 "time_vs_deploy": _ratio(r.median, deploy_r and deploy_r.median),
                 "memory_vs_eval": _ratio(r.activation_bytes, eval_r and eval_r.activation_bytes),
                 "memory_vs_deploy": _ratio(r.activation_bytes, deploy_r and deploy_r.activation_bytes),
+                "page_faults": int(statistics.median(r.page_faults)) if r.page_faults else None,
             }
         )
     return rows
@@ -280,14 +318,14 @@ def format_table(rows: List[dict], modes: Sequence[str]) -> str:
     lines.append("")
     lines.append(
         f"{'batch x size':>13} {'mode':>12} {'time/eval':>10} {'time/deploy':>12} "
-        f"{'mem/eval':>9} {'mem/deploy':>11}"
+        f"{'mem/eval':>9} {'mem/deploy':>11} {'faults/iter':>12}"
     )
     for r in rows:
         setting = f"{r['batch_size']} x {r['input_size']}"
         lines.append(
             f"{setting:>13} {r['mode']:>12} {_fmt(r['time_vs_eval'], '.3f'):>10} "
             f"{_fmt(r['time_vs_deploy'], '.3f'):>12} {_fmt(r['memory_vs_eval'], '.3f'):>9} "
-            f"{_fmt(r['memory_vs_deploy'], '.3f'):>11}"
+            f"{_fmt(r['memory_vs_deploy'], '.3f'):>11} {_fmt(r['page_faults'], 'd'):>12}"
         )
     return "\n".join(lines)
 
@@ -370,7 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(
         f"\n{args.arch}, {device_name}, amp={args.amp}, channels_last={args.channels_last}, "
-        f"threads={torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up"
+        f"threads={torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up\n"
+        f"environment: {timing_environment()}"
     )
     print(format_table(rows, args.modes))
     write_csv(rows, os.path.join(args.out, "results.csv"))

@@ -13,6 +13,7 @@ SCRIPT = ROOT / "scripts" / "benchmark_modes.py"
 EXPECTED_COLUMNS = {
     "arch", "device", "amp", "channels_last", "batch_size", "input_size", "mode", "median_s", "min_s",
     "activation_mb", "peak_mb", "time_vs_eval", "time_vs_deploy", "memory_vs_eval", "memory_vs_deploy",
+    "page_faults",
 }  # fmt: skip
 MODES = {"train", "eval", "tune", "deploy", "inplace-abn"}
 
@@ -44,9 +45,12 @@ def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
         assert tune <= 1.01 * deploy and tune < eval_
     for r in rows:
         assert float(r["median_s"]) > 0 and float(r["min_s"]) <= float(r["median_s"])
+        if sys.platform != "win32":  # the OS counts them: a whole number per iteration
+            assert int(r["page_faults"]) >= 0
     assert (out / "benchmark.png").stat().st_size > 0
     assert list((out / "tb").glob("events.out.tfevents.*"))
-    assert "tune" in proc.stdout and "time/eval" in proc.stdout
+    assert "tune" in proc.stdout and "time/eval" in proc.stdout and "faults/iter" in proc.stdout
+    assert "environment: " in proc.stdout
 
 
 def test_bad_arguments_exit_non_zero_with_a_message(tmp_path):
