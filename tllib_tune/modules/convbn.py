@@ -266,7 +266,9 @@ class TuneFunction(torch.autograd.Function):
                 if need_folded_b:
                     grad_folded_b = grad_out.sum(_reduce_dims(grad_out.dim()))
                 if need_gamma:  # grad_w is dL/dW' * s
-                    weight_term = _weight_share_of_gamma_grad(grad_w, weight, running_var, ctx.eps)
+                    weight_term = _weight_share_of_gamma_grad(
+                        grad_w, weight, gamma, inv_std, running_var, ctx.eps
+                    )
                     weight_term = weight_term.div_(safe_scale)
             else:
                 scale_w = _channel_view(scale, weight.dim())
@@ -279,7 +281,9 @@ class TuneFunction(torch.autograd.Function):
                 )
                 if grad_w is not None:  # the folded weight's gradient, a fresh tensor
                     if need_gamma:
-                        weight_term = _weight_share_of_gamma_grad(grad_w, weight, running_var, ctx.eps)
+                        weight_term = _weight_share_of_gamma_grad(
+                            grad_w, weight, gamma, inv_std, running_var, ctx.eps
+                        )
                     grad_w = grad_w.to(fold).mul_(scale_w).to(weight.dtype)
                 if grad_folded_b is not None:
                     grad_folded_b = grad_folded_b.to(fold)
@@ -325,26 +329,28 @@ def _tune_forward(
 
 
 def _weight_share_of_gamma_grad(
-    grad_folded_w: Tensor, weight: Tensor, running_var: Tensor, eps: float
+    grad_folded_w: Tensor, weight: Tensor, gamma: Tensor, inv_std: Tensor, running_var: Tensor, eps: float
 ) -> Tensor:
     """sum(dL/dW' * W) / sqrt(var + eps) per output channel, in the fold dtype: gamma's gradient share
-    from the weight when W' = W * gamma / sqrt(var + eps).
+    from the weight when W' = W * gamma / sqrt(var + eps) (``inv_std``: 1 / sqrt(var + eps)).
 
     This is the gradient BatchNorm's inference transform gives its scale when it normalises W (seen as
     one sample whose features are the output channels) with a zero mean, so BatchNorm's own backward
     kernel computes it: one read of both tensors, without the weight-sized temporary that
-    multiply-then-sum allocates.
+    multiply-then-sum allocates. (That gradient does not depend on the scale's value; the CUDA kernel
+    wants one, and a mean and inverse std as saved by a forward, so all are passed.)
     """
     fold = _fold_dtype(weight)
     channels = weight.shape[0]
+    zeros = torch.zeros(channels, dtype=fold, device=weight.device)
     _, share, _ = torch.ops.aten.native_batch_norm_backward(
         grad_folded_w.to(fold).reshape(1, channels, -1),
         weight.to(fold).reshape(1, channels, -1),
-        None,
-        torch.zeros(channels, dtype=fold, device=weight.device),
+        gamma.to(fold),
+        zeros,
         running_var.to(fold),
-        None,
-        None,
+        zeros,
+        inv_std,
         False,
         eps,
         [False, True, False],
