@@ -280,11 +280,12 @@ class TuneFunction(torch.autograd.Function):
                     (need_x, need_w or need_gamma, need_folded_b),
                 )
                 if grad_w is not None:  # the folded weight's gradient, a fresh tensor
+                    grad_w = grad_w.to(fold)
                     if need_gamma:
                         weight_term = _weight_share_of_gamma_grad(
                             grad_w, weight, gamma, inv_std, running_var, ctx.eps
                         )
-                    grad_w = grad_w.to(fold).mul_(scale_w).to(weight.dtype)
+                    grad_w = grad_w.mul_(scale_w).to(weight.dtype)
                 if grad_folded_b is not None:
                     grad_folded_b = grad_folded_b.to(fold)
             if not need_w:
