@@ -1,10 +1,12 @@
-"""Shared test helpers: random BatchNorm statistics and relative-error comparison."""
+"""Shared test helpers: random BatchNorm statistics, relative-error comparison, a tiny ConvBN net."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
+
+from tllib_tune.modules.convbn import ConvBN
 
 
 def randomize_bn_(bn: nn.modules.batchnorm._BatchNorm, generator: torch.Generator, wide: bool = True) -> None:
@@ -46,6 +48,18 @@ def randomize_all_bn_(model: nn.Module, seed: int = 0, wide: bool = False) -> nn
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             randomize_bn_(module, generator, wide=wide)
     return model
+
+
+def tiny_convbn_features(width: int = 4) -> nn.Sequential:
+    """Two ConvBN blocks with ReLUs, pooled and flattened to ``width`` features: a backbone in miniature."""
+    return nn.Sequential(
+        ConvBN(3, width, 3),
+        nn.ReLU(),
+        ConvBN(width, width, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

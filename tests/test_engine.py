@@ -19,7 +19,7 @@ from tllib_tune.engine import (
 from tllib_tune.utils.data import EpochBatchSampler, SeededDataset
 from tllib_tune.utils.memory import MIB, SavedTensorMeter
 
-from .conftest import randomize_all_bn_
+from .conftest import randomize_all_bn_, tiny_convbn_features
 
 
 class Tiny(nn.Module):
@@ -27,14 +27,7 @@ class Tiny(nn.Module):
 
     def __init__(self, classes=3, width=8):
         super().__init__()
-        self.backbone = nn.Sequential(
-            ConvBN(3, width, 3),
-            nn.ReLU(),
-            ConvBN(width, width, 3, stride=2),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+        self.backbone = tiny_convbn_features(width)
         self.head = nn.Linear(width, classes)
 
     def forward(self, x):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from tllib_tune import ConvBN, set_mode
+from tests.conftest import tiny_convbn_features
+from tllib_tune import set_mode
 from tllib_tune.engine import build_optimizer
 from tllib_tune.utils.checkpoint import (
     CheckpointError,
@@ -24,16 +25,7 @@ from tllib_tune.utils.checkpoint import (
 
 
 def tiny(width=4, classes=3):
-    return nn.Sequential(
-        ConvBN(3, width, 3),
-        nn.ReLU(),
-        ConvBN(width, width, 3, stride=2),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Dropout(0.2),
-        nn.Linear(width, classes),
-    )
+    return nn.Sequential(*tiny_convbn_features(width), nn.Dropout(0.2), nn.Linear(width, classes))
 
 
 def step(model, optimizer, n=2):
