@@ -73,6 +73,19 @@ def _grads(block, x, mode, upstream):
     return out.detach(), x.grad, params
 
 
+def _assert_tune_matches_eval(block, x, upstream):
+    """Tune's output, input gradient and parameter gradients equal Eval's (float64); returns Eval's output."""
+    eval_out, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
+    tune_out, tune_dx, tune_grads = _grads(block, x, "tune", upstream)
+    assert rel_err(tune_out, eval_out) < 1e-10
+    assert rel_err(tune_dx, eval_dx) < 1e-10
+    assert set(tune_grads) == set(eval_grads)
+    for name, grad in eval_grads.items():
+        assert grad is not None and tune_grads[name] is not None, name
+        assert rel_err(tune_grads[name], grad) < 1e-10, name
+    return eval_out
+
+
 @pytest.mark.parametrize("strategy", ["weight", "output"])
 @pytest.mark.parametrize("dim,grouping,stride,dilation,bias,affine", GRID)
 def test_modes_against_torch_reference(dim, grouping, stride, dilation, bias, affine, strategy):
@@ -85,16 +98,8 @@ def test_modes_against_torch_reference(dim, grouping, stride, dilation, bias, af
         expected = ref_bn(ref_conv(x))
     upstream = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
 
-    eval_out, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
+    eval_out = _assert_tune_matches_eval(block, x, upstream)
     assert rel_err(eval_out, expected) < 1e-12
-
-    tune_out, tune_dx, tune_grads = _grads(block, x, "tune", upstream)
-    assert rel_err(tune_out, eval_out) < 1e-10
-    assert rel_err(tune_dx, eval_dx) < 1e-10
-    assert set(tune_grads) == set(eval_grads)
-    for name, grad in eval_grads.items():
-        assert grad is not None and tune_grads[name] is not None, name
-        assert rel_err(tune_grads[name], grad) < 1e-10, name
 
     block.mode = "deploy"
     with torch.no_grad():
@@ -145,13 +150,8 @@ def test_linear_bn_modes(bias, affine, strategy):
     expected = ref_bn(ref_lin(x)).detach()
     upstream = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
 
-    eval_out, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
+    eval_out = _assert_tune_matches_eval(block, x, upstream)
     assert rel_err(eval_out, expected) < 1e-12
-    tune_out, tune_dx, tune_grads = _grads(block, x, "tune", upstream)
-    assert rel_err(tune_out, eval_out) < 1e-10
-    assert rel_err(tune_dx, eval_dx) < 1e-10
-    for name, grad in eval_grads.items():
-        assert rel_err(tune_grads[name], grad) < 1e-10, name
     block.mode = "deploy"
     assert rel_err(block(x).detach(), eval_out) < 1e-10
     block.mode = "train"
@@ -417,12 +417,7 @@ def test_tune_with_padding_modes(padding_mode):
     randomize_bn_(block.bn, torch.Generator().manual_seed(2))
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
     upstream = torch.randn(2, 4, 7, 7, dtype=torch.float64)
-    eval_out, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
-    tune_out, tune_dx, tune_grads = _grads(block, x, "tune", upstream)
-    assert rel_err(tune_out, eval_out) < 1e-10
-    assert rel_err(tune_dx, eval_dx) < 1e-10
-    for name in eval_grads:
-        assert rel_err(tune_grads[name], eval_grads[name]) < 1e-10
+    eval_out = _assert_tune_matches_eval(block, x, upstream)
     block.mode = "deploy"
     assert rel_err(block(x).detach(), eval_out) < 1e-10
 
@@ -435,12 +430,7 @@ def test_tune_with_string_and_asymmetric_padding(padding, kernel):
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     with torch.no_grad():
         upstream = torch.randn(block(x).shape, dtype=torch.float64)
-    eval_out, eval_dx, eval_grads = _grads(block, x, "eval", upstream)
-    tune_out, tune_dx, tune_grads = _grads(block, x, "tune", upstream)
-    assert rel_err(tune_out, eval_out) < 1e-10
-    assert rel_err(tune_dx, eval_dx) < 1e-10
-    for name in eval_grads:
-        assert rel_err(tune_grads[name], eval_grads[name]) < 1e-10
+    _assert_tune_matches_eval(block, x, upstream)
 
 
 def test_default_padding_keeps_size():
