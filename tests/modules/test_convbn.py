@@ -253,6 +253,24 @@ def test_tune_without_gradients_equals_eval_and_builds_no_graph(strategy, frozen
     assert type(block(x).grad_fn).__name__ == "TuneFunctionBackward"
 
 
+@pytest.mark.parametrize("bias,affine", [(False, True), (True, True), (True, False), (False, False)])
+def test_tune_weight_strategy_runs_deploys_operator_bitwise(bias, affine):
+    """Tune folds with the same code that deploy writes into the parameters, so in float32 its forward
+    is deploy's exactly, not just within round-off (with and without autograd)."""
+    gen = torch.Generator().manual_seed(7)
+    block = ConvBN(5, 6, 3, stride=2, bias=bias, affine=affine, mode="tune")
+    randomize_bn_(block.bn, gen)
+    block.tune_strategy = "weight"
+    x = torch.randn(3, 5, 9, 9, generator=gen)
+    tune_out = block(x)
+    with torch.no_grad():
+        tune_no_grad = block(x)
+    block.mode = "deploy"
+    deploy_out = block(x)
+    assert torch.equal(tune_out, deploy_out)
+    assert torch.equal(tune_no_grad, deploy_out)
+
+
 def test_deploy_round_trip_restores_parameters_and_keeps_identity():
     torch.manual_seed(0)
     block = ConvBN(8, 16, 3, bias=True)

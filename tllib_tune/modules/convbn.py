@@ -124,16 +124,92 @@ def _channel_view(t: Tensor, ndim: int) -> Tensor:
     return t.view(_weight_shape(ndim))
 
 
-def _folded_bias(
-    bias: Optional[Tensor], beta: Optional[Tensor], mean: Tensor, scale: Tensor, dtype: torch.dtype
+def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """``t`` in ``dtype`` (None stays None). Cheaper than ``t.to(dtype)`` when nothing is converted,
+    which matters on the per-block hot path of small inputs."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _bn_inference(
+    value: Tensor,
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    dtype: torch.dtype,
 ) -> Tensor:
-    """beta + (b - mean) * s, in ``dtype``."""
-    mean = mean.to(dtype)
-    if beta is None:
-        return (-mean if bias is None else bias.to(dtype) - mean) * scale
-    if bias is None:
-        return torch.addcmul(beta.to(dtype), mean, scale, value=-1)
-    return torch.addcmul(beta.to(dtype), bias.to(dtype) - mean, scale)
+    """BatchNorm's inference transform (value - mean) * gamma / sqrt(var + eps) + beta of ``value`` seen
+    as one sample whose first dimension holds the channels, computed in ``dtype`` in one fused pass.
+
+    With ``value`` the operator's weight and a zero mean this is the folded weight W * s; with its bias
+    (zeros without one) and the running mean, the folded bias.
+    """
+    out = torch.batch_norm(
+        _as(value, dtype).unsqueeze(0),
+        _as(gamma, dtype),
+        _as(beta, dtype),
+        _as(mean, dtype),
+        _as(running_var, dtype),
+        False,
+        0.0,
+        eps,
+        False,
+    )
+    return out.squeeze(0)
+
+
+def _fold_params(
+    weight: Tensor,
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> Tuple[Tensor, Tensor]:
+    """(W', b'), the operator's weight and bias with BatchNorm's inference transform folded in, in the
+    fold dtype."""
+    fold = _fold_dtype(weight)
+    zeros = torch.zeros(weight.shape[0], dtype=fold, device=weight.device)
+    folded_w = _bn_inference(weight, gamma, None, zeros, running_var, eps, fold)
+    folded_b = _bn_inference(
+        zeros if bias is None else bias, gamma, beta, running_mean, running_var, eps, fold
+    )
+    return folded_w, folded_b
+
+
+def _bn_inference_backward(
+    grad_folded: Tensor,
+    value: Tensor,
+    gamma: Optional[Tensor],
+    mean: Tensor,
+    running_var: Tensor,
+    inv_std: Tensor,
+    eps: float,
+    mask: Tuple[bool, bool, bool],
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Backward of :func:`_bn_inference`, in ``inv_std``'s dtype (the fold dtype).
+
+    Given dL/d(transformed value), returns (dL/dvalue, dL/dgamma, dL/dbeta) where ``mask`` asks:
+    BatchNorm's own backward kernel, in inference mode, computes all three in one read of both tensors.
+    (In inference mode the kernels recompute the statistics from ``mean`` and ``running_var``; CUDA's
+    wants them as saved by a forward as well, so both are passed.)
+    """
+    fold = inv_std.dtype
+    grad_value, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
+        _as(grad_folded, fold).unsqueeze(0),
+        _as(value, fold).unsqueeze(0),
+        gamma,
+        mean,
+        running_var,
+        mean,
+        inv_std,
+        False,
+        eps,
+        list(mask),
+    )
+    return (None if grad_value is None else grad_value.squeeze(0)), grad_gamma, grad_beta
 
 
 def _forward_op(spec: OpSpec, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -228,7 +304,7 @@ class TuneFunction(torch.autograd.Function):
     ) -> Tensor:
         input_dtype = x.dtype
         with _autocast_off(x):
-            x = x.to(compute_dtype)
+            x = _as(x, compute_dtype)
             out = _tune_forward(x, weight, bias, gamma, beta, running_mean, running_var, eps, spec, strategy)
         # x and the module's own tensors, nothing else: Tune's activation memory is exactly Deploy's
         ctx.save_for_backward(x, weight, bias, gamma, running_mean, running_var)
@@ -242,23 +318,26 @@ class TuneFunction(torch.autograd.Function):
         x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
         need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
         need_folded_b = need_b or need_beta or need_gamma
-        grad_w = grad_b = grad_gamma = grad_beta = grad_folded_b = weight_term = None
+        eps, spec = ctx.eps, ctx.spec
         fold = _fold_dtype(weight)
         with _autocast_off(grad_out):
-            inv_std = _inv_std(running_var, ctx.eps, fold)
-            scale = inv_std if gamma is None else gamma.to(fold) * inv_std
-            grad_out = grad_out.to(ctx.compute_dtype)
+            grad_out = _as(grad_out, ctx.compute_dtype)
+            gamma_f = _as(gamma, fold)
+            var_f = _as(running_var, fold)
+            inv_std = _inv_std(var_f, eps, fold)
+            zeros = torch.zeros_like(var_f)
+            grad_w = weight_share = grad_folded_b = None
             if ctx.strategy == "output":
                 # d/dx and d/dW of (conv(x, W) * s) are those of conv(x, W) for the gradient g = grad * s,
                 # and d/dW is then already the weight's gradient. A zero s (gamma == 0) would lose dL/dW'
                 # for gamma's gradient: there a tiny stand-in scale keeps it recoverable, at a relative
                 # cost far below round-off.
-                safe_scale = (
-                    torch.where(scale == 0, torch.finfo(fold).tiny ** 0.5, scale) if need_gamma else scale
-                )
+                scale = inv_std if gamma_f is None else gamma_f * inv_std
+                if need_gamma:
+                    scale = torch.where(scale == 0, torch.finfo(fold).tiny ** 0.5, scale)
                 grad_x, grad_w, _ = _backward_op(
-                    ctx.spec,
-                    grad_out * safe_scale.view(_output_shape(grad_out.dim())),
+                    spec,
+                    grad_out * scale.view(_output_shape(grad_out.dim())),
                     x,
                     weight,
                     (need_x, need_w or need_gamma, False),
@@ -266,42 +345,50 @@ class TuneFunction(torch.autograd.Function):
                 if need_folded_b:
                     grad_folded_b = grad_out.sum(_reduce_dims(grad_out.dim()))
                 if need_gamma:  # grad_w is dL/dW' * s
-                    weight_term = _weight_share_of_gamma_grad(
-                        grad_w, weight, gamma, inv_std, running_var, ctx.eps
+                    _, weight_share, _ = _bn_inference_backward(
+                        grad_w, weight, None, zeros, var_f, inv_std, eps, (False, True, False)
                     )
-                    weight_term = weight_term.div_(safe_scale)
+                    weight_share = weight_share.div_(scale)
             else:
-                scale_w = _channel_view(scale, weight.dim())
-                grad_x, grad_w, grad_folded_b = _backward_op(
-                    ctx.spec,
-                    grad_out,
-                    x,
-                    (weight.to(fold) * scale_w).to(ctx.compute_dtype),
-                    (need_x, need_w or need_gamma, need_folded_b),
+                folded_w = _as(
+                    _bn_inference(weight, gamma_f, None, zeros, var_f, eps, fold), ctx.compute_dtype
                 )
-                if grad_w is not None:  # the folded weight's gradient, a fresh tensor
-                    grad_w = grad_w.to(fold)
-                    if need_gamma:
-                        weight_term = _weight_share_of_gamma_grad(
-                            grad_w, weight, gamma, inv_std, running_var, ctx.eps
-                        )
-                    grad_w = grad_w.mul_(scale_w).to(weight.dtype)
-                if grad_folded_b is not None:
-                    grad_folded_b = grad_folded_b.to(fold)
-            if not need_w:
-                grad_w = None
-            if need_beta:
-                grad_beta = grad_folded_b.to(gamma.dtype)
-            if need_b:
-                grad_b = (grad_folded_b * scale).to(bias.dtype)
-            if need_gamma:
-                # dL/dgamma = (sum(dL/dW' * W) + dL/db' * (b - mean)) / sqrt(var + eps)
-                mean = running_mean.to(fold)
-                centred_bias = -mean if bias is None else bias.to(fold) - mean
-                grad_gamma = torch.addcmul(weight_term, grad_folded_b, centred_bias.mul_(inv_std))
-                grad_gamma = grad_gamma.to(gamma.dtype)
+                grad_x, grad_folded_w, grad_folded_b = _backward_op(
+                    spec, grad_out, x, folded_w, (need_x, need_w or need_gamma, need_folded_b)
+                )
+                if grad_folded_w is not None:
+                    grad_w, weight_share, _ = _bn_inference_backward(
+                        grad_folded_w,
+                        weight,
+                        gamma_f,
+                        zeros,
+                        var_f,
+                        inv_std,
+                        eps,
+                        (need_w, need_gamma, False),
+                    )
+            grad_b = grad_gamma = grad_beta = None
+            if need_folded_b:
+                grad_b, bias_share, grad_beta = _bn_inference_backward(
+                    grad_folded_b,
+                    zeros if bias is None else bias,
+                    gamma_f,
+                    _as(running_mean, fold),
+                    var_f,
+                    inv_std,
+                    eps,
+                    (need_b, need_gamma, need_beta),
+                )
+                if need_gamma:
+                    grad_gamma = _as(weight_share + bias_share, gamma.dtype)
+                if need_beta:
+                    grad_beta = _as(grad_beta, gamma.dtype)
+                if need_b:
+                    grad_b = _as(grad_b, bias.dtype)
+            if grad_w is not None:
+                grad_w = _as(grad_w, weight.dtype) if need_w else None
         if grad_x is not None:
-            grad_x = grad_x.to(ctx.input_dtype)
+            grad_x = _as(grad_x, ctx.input_dtype)
         return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None, None
 
 
@@ -322,41 +409,8 @@ def _tune_forward(
         # the operator, then BatchNorm with the running statistics: one fused per-channel pass
         out = _forward_op(spec, x, weight, bias)
         return F.batch_norm(out, running_mean, running_var, gamma, beta, False, 0.0, eps)
-    fold = _fold_dtype(weight)
-    scale = _scale(gamma, running_var, eps, fold)
-    folded_b = _folded_bias(bias, beta, running_mean, scale, fold).to(x.dtype)
-    folded_w = (weight.to(fold) * _channel_view(scale, weight.dim())).to(x.dtype)
-    return _forward_op(spec, x, folded_w, folded_b)
-
-
-def _weight_share_of_gamma_grad(
-    grad_folded_w: Tensor, weight: Tensor, gamma: Tensor, inv_std: Tensor, running_var: Tensor, eps: float
-) -> Tensor:
-    """sum(dL/dW' * W) / sqrt(var + eps) per output channel, in the fold dtype: gamma's gradient share
-    from the weight when W' = W * gamma / sqrt(var + eps) (``inv_std``: 1 / sqrt(var + eps)).
-
-    This is the gradient BatchNorm's inference transform gives its scale when it normalises W (seen as
-    one sample whose features are the output channels) with a zero mean, so BatchNorm's own backward
-    kernel computes it: one read of both tensors, without the weight-sized temporary that
-    multiply-then-sum allocates. (That gradient does not depend on the scale's value; the CUDA kernel
-    wants one, and a mean and inverse std as saved by a forward, so all are passed.)
-    """
-    fold = _fold_dtype(weight)
-    channels = weight.shape[0]
-    zeros = torch.zeros(channels, dtype=fold, device=weight.device)
-    _, share, _ = torch.ops.aten.native_batch_norm_backward(
-        grad_folded_w.to(fold).reshape(1, channels, -1),
-        weight.to(fold).reshape(1, channels, -1),
-        gamma.to(fold),
-        zeros,
-        running_var.to(fold),
-        zeros,
-        inv_std,
-        False,
-        eps,
-        [False, True, False],
-    )
-    return share
+    folded_w, folded_b = _fold_params(weight, bias, gamma, beta, running_mean, running_var, eps)
+    return _forward_op(spec, x, _as(folded_w, x.dtype), _as(folded_b, x.dtype))
 
 
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -436,10 +490,9 @@ class ConvBNBase(nn.Module):
         """The (weight, bias) of the single operator equal to this block in eval mode (new tensors)."""
         with torch.no_grad():
             weight, bias, gamma, beta = self._canonical_tensors()
-            fold = _fold_dtype(weight)
-            scale = _scale(gamma, self.bn.running_var, self.bn.eps, fold)
-            folded_w = weight.to(fold) * _channel_view(scale, weight.dim())
-            folded_b = _folded_bias(bias, beta, self.bn.running_mean, scale, fold)
+            folded_w, folded_b = _fold_params(
+                weight, bias, gamma, beta, self.bn.running_mean, self.bn.running_var, self.bn.eps
+            )
             return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
 
     def _fold_(self) -> None:
@@ -453,13 +506,15 @@ class ConvBNBase(nn.Module):
                 f"{type(self).__name__}: cannot enter deploy mode, BatchNorm weight (gamma) is zero for "
                 f"output channels {zero[:10]}; the fold could not be undone. Use tune mode instead."
             )
-        mean = self.bn.running_mean.to(fold)
+        gamma, beta = (self.bn.weight, self.bn.bias) if self.bn.affine else (None, None)
+        folded_w, folded_b = _fold_params(
+            weight, bias, gamma, beta, self.bn.running_mean, self.bn.running_var, self.bn.eps
+        )
         if self.bn.affine:
-            centred = -mean if bias is None else bias.to(fold) - mean
-            self.bn.bias.copy_(self.bn.bias.to(fold) + centred * scale)
+            self.bn.bias.copy_(folded_b)
         elif bias is not None:
-            bias.copy_((bias.to(fold) - mean) * scale)
-        weight.copy_(weight.to(fold) * _channel_view(scale, weight.dim()))
+            bias.copy_(folded_b)
+        weight.copy_(folded_w)
 
     def _unfold_(self) -> None:
         """Undo :meth:`_fold_` (leaving deploy)."""
@@ -480,8 +535,11 @@ class ConvBNBase(nn.Module):
         if self.op.bias is not None:
             return self.op.bias
         with torch.no_grad():
-            scale = self._scale(_fold_dtype(self.op.weight))
-            return (-self.bn.running_mean * scale).to(self.op.weight.dtype)
+            weight = self.op.weight
+            zeros = torch.zeros(weight.shape[0], dtype=_fold_dtype(weight), device=weight.device)
+            bn = self.bn
+            folded_b = _bn_inference(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
+            return folded_b.to(weight.dtype)
 
     def _canonical_tensors(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """(W, b, gamma, beta) as eval mode sees them, unfolded if the block is in deploy."""
