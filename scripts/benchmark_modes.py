@@ -3,11 +3,12 @@
     python scripts/benchmark_modes.py --arch resnet50 --batch-sizes 8,32 --input-sizes 160,112
 
 One iteration = forward of a zoo backbone plus a linear head, cross-entropy, backward, SGD step. For every
-(batch size, input size) the modes are run interleaved, repeat after repeat, so that machine drift hits
-them alike; ratios to eval and to deploy come from the same run. Activation memory is the exact
-saved-for-backward byte count (parameters excluded); on CUDA the peak allocated memory is reported too,
-and everywhere the process's minor page faults per iteration (fresh memory pages the OS had to map: on
-the CPU a large share of the time, and set by the C allocator, so the header names its settings).
+(batch size, input size) the modes are run interleaved, in alternating order repeat after repeat, so
+that drift hits them alike; ratios to eval and to deploy come from the same run. Activation memory is
+the exact saved-for-backward byte count (parameters excluded); on CUDA the peak allocated memory is
+reported too, and everywhere the process's minor page faults per iteration (fresh memory pages the OS
+had to map: on the CPU a large share of the time, and set by the C allocator, so the header names its
+settings).
 Writes results.csv, a TensorBoard run, a PNG plot (with the "plot" extra) and prints the table.
 """
 
@@ -256,8 +257,10 @@ class Runner:
             for mode in args.modes:
                 self.iteration(mode, x, y)
                 progress.update(1)
-        for _ in range(args.repeats):
-            for mode in args.modes:  # interleaved: drift hits every mode alike
+        for repeat in range(args.repeats):
+            # interleaved, in alternating order (ABC CBA ...): drift and a mode's position after another
+            # hit every mode alike
+            for mode in args.modes if repeat % 2 == 0 else args.modes[::-1]:
                 faults = minor_page_faults()
                 results[mode].times.append(self.iteration(mode, x, y))
                 if faults is not None:

@@ -59,3 +59,42 @@ def test_bad_arguments_exit_non_zero_with_a_message(tmp_path):
     assert "fast" in proc.stderr and "inplace-abn" in proc.stderr
     proc = _run("--arch", "resnet5", "--out", str(tmp_path))
     assert proc.returncode == 2 and "resnet5" in proc.stderr
+
+
+def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark_modes
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    modes = ["train", "tune", "deploy"]
+    args = benchmark_modes.parse_args(
+        [
+            "--arch",
+            "resnet18",
+            "--modes",
+            ",".join(modes),
+            "--repeats",
+            "3",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
+    runner = benchmark_modes.Runner(args)
+    timed = []
+
+    def fake_iteration(mode, x, y, meter=None):
+        if meter is None:  # the memory pass measures with a meter; only the timed passes are recorded
+            timed.append(mode)
+        return 1.0
+
+    monkeypatch.setattr(runner, "iteration", fake_iteration)
+
+    class Progress:
+        def update(self, n):
+            pass
+
+    runner.measure(2, 32, Progress())
+    assert timed == modes + modes[::-1] + modes
