@@ -9,7 +9,8 @@ the exact saved-for-backward byte count (parameters excluded); on CUDA the peak 
 reported too, and everywhere the process's minor page faults per iteration (fresh memory pages the OS
 had to map: on the CPU a large share of the time, and set by the C allocator, so the header names its
 settings).
-Writes results.csv, a TensorBoard run, a PNG plot (with the "plot" extra) and prints the table.
+Writes results.csv, a TensorBoard run, a PNG plot (with the "plot" extra) and prints the table, then
+Tune's ratios against the product's targets.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -333,6 +334,33 @@ def format_table(rows: List[dict], modes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# The product's headline targets for Tune: (label, ratio column, upper limit).
+TARGETS: Tuple[Tuple[str, str, float], ...] = (
+    ("memory tune/deploy", "memory_vs_deploy", 1.01),
+    ("memory tune/eval", "memory_vs_eval", 0.50),
+    ("time tune/eval", "time_vs_eval", 0.95),
+    ("time tune/deploy", "time_vs_deploy", 1.03),
+)
+
+
+def format_targets(rows: List[dict]) -> Optional[str]:
+    """Tune's ratios against each target, per setting, and whether every setting meets it; None when
+    the run lacks tune or the modes a target compares with."""
+    tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
+    settings = sorted(tune)
+    if not settings:
+        return None
+    lines = [f"{'target':>26}" + "".join(f" {f'{b} x {s}':>9}" for b, s in settings) + "  met"]
+    for label, column, limit in TARGETS:
+        values = [tune[setting][column] for setting in settings]
+        if any(v is None for v in values):
+            continue
+        within = sum(v <= limit for v in values)
+        met = "yes" if within == len(values) else f"no, {within} of {len(values)} within"
+        lines.append(f"{f'{label} <= {limit:.2f}':>26}" + "".join(f" {v:>9.3f}" for v in values) + f"  {met}")
+    return "\n".join(lines) if len(lines) > 1 else None
+
+
 def write_csv(rows: List[dict], path: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -415,6 +443,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"environment: {timing_environment()}"
     )
     print(format_table(rows, args.modes))
+    targets = format_targets(rows)
+    if targets:
+        print("\n" + targets)
     write_csv(rows, os.path.join(args.out, "results.csv"))
     write_tensorboard(rows, args.out)
     plotted = not args.no_plot and write_plot(rows, args.modes, os.path.join(args.out, "benchmark.png"))

@@ -25,6 +25,15 @@ def _run(*args):
     )
 
 
+def _import_script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark_modes
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return benchmark_modes
+
+
 def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
     out = tmp_path / "bench"
     proc = _run(
@@ -51,6 +60,11 @@ def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert "tune" in proc.stdout and "time/eval" in proc.stdout and "faults/iter" in proc.stdout
     assert "environment: " in proc.stdout
+    targets = proc.stdout[proc.stdout.index("target ") :].splitlines()
+    assert [line.split("<=")[0].strip() for line in targets[1:5]] == [
+        "memory tune/deploy", "memory tune/eval", "time tune/eval", "time tune/deploy"
+    ]  # fmt: skip
+    assert targets[1].rstrip().endswith("yes")  # Tune's activation memory is Deploy's to the byte
 
 
 def test_bad_arguments_exit_non_zero_with_a_message(tmp_path):
@@ -62,11 +76,7 @@ def test_bad_arguments_exit_non_zero_with_a_message(tmp_path):
 
 
 def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import benchmark_modes
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    benchmark_modes = _import_script()
     modes = ["train", "tune", "deploy"]
     args = benchmark_modes.parse_args(
         [
@@ -98,3 +108,26 @@ def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
 
     runner.measure(2, 32, Progress())
     assert timed == modes + modes[::-1] + modes
+
+
+def test_targets_summary_counts_the_settings_within_each_limit():
+    benchmark_modes = _import_script()
+
+    def tune_row(batch, time_vs_deploy):
+        ratios = {"memory_vs_deploy": 1.0, "memory_vs_eval": 0.48, "time_vs_eval": 0.9}
+        return {
+            "mode": "tune",
+            "batch_size": batch,
+            "input_size": 32,
+            "time_vs_deploy": time_vs_deploy,
+            **ratios,
+        }
+
+    lines = benchmark_modes.format_targets([tune_row(2, 1.02), tune_row(4, 1.10)]).splitlines()
+    assert lines[0].split()[1:] == ["2", "x", "32", "4", "x", "32", "met"]
+    assert lines[1].endswith("1.000     1.000  yes")
+    assert lines[4].endswith("1.020     1.100  no, 1 of 2 within")
+    # without deploy in the run there is nothing to compare with: that target is left out
+    lines = benchmark_modes.format_targets([dict(tune_row(2, None), memory_vs_deploy=None)]).splitlines()
+    assert [line.split("<=")[0].strip() for line in lines[1:]] == ["memory tune/eval", "time tune/eval"]
+    assert benchmark_modes.format_targets([dict(tune_row(2, 1.0), mode="eval")]) is None
