@@ -8,7 +8,7 @@ With s = gamma / sqrt(running_var + eps) per output channel:
 * tune   -- one operator call with the weight ``W * s`` and bias ``beta + (b - mean) * s``, folded on
   every call inside :class:`TuneFunction`, which keeps only the input for backward and recomputes the
   folded weight there. Same function of the same parameters as eval, with deploy's activation memory.
-* deploy -- the fold is written into the parameters once, when the mode is entered; leaving deploy
+* deploy -- tune's fold is written into the parameters once, when the mode is entered; leaving deploy
   unfolds them. ``state_dict()`` always holds the unfolded (canonical) values, so checkpoints are
   interchangeable between modes.
 """
