@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import statistics
 import sys
@@ -27,12 +28,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from tllib_tune import set_mode
+from tllib_tune import ConvBN, set_mode
 from tllib_tune.models import get_model, list_models
 from tllib_tune.modules.convbn import MODE_CHOICES
 from tllib_tune.utils.memory import MIB, SavedTensorMeter
 
-ALL_MODES = (*MODE_CHOICES, "inplace-abn")
+#: What a run measures unless --modes says otherwise.
+DEFAULT_MODES = (*MODE_CHOICES, "inplace-abn")
+#: keep-folded: Tune as the other implementations compute it (PyTorch's efficient_conv_bn_eval pass, MMCV's
+#: ConvModule(efficient_conv_bn_eval=True), the paper's code): the fold built from autograd operations in
+#: every call, so the convolution keeps the folded weight for backward. For comparison only.
+ALL_MODES = (*DEFAULT_MODES, "keep-folded")
 COLUMNS = [
     "arch",
     "device",
@@ -125,7 +131,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--arch", default="resnet50", help="any name from tllib_tune.models.list_models()")
     parser.add_argument("--batch-sizes", type=_int_list, default=[8], help="comma-separated, e.g. 8,16,32")
     parser.add_argument("--input-sizes", type=_int_list, default=[160], help="comma-separated, e.g. 112,160")
-    parser.add_argument("--modes", type=_mode_list, default=list(ALL_MODES), help="comma-separated subset")
+    parser.add_argument(
+        "--modes",
+        type=_mode_list,
+        default=list(DEFAULT_MODES),
+        help=f"comma-separated, from {', '.join(ALL_MODES)} (default: all but keep-folded)",
+    )
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
     )
@@ -177,6 +188,19 @@ def _realistic_bn_(model: nn.Module, seed: int = 0) -> None:
                     m.weight.copy_(0.5 + torch.rand(c, generator=gen))
 
 
+def keep_folded_forward(block: ConvBN, x: torch.Tensor) -> torch.Tensor:
+    """A ConvBN block's eval-mode function computed as the other Tune implementations do: the fold
+    s = gamma / sqrt(var + eps), W' = W * s, b' = beta + (b - mean) * s from autograd operations, then
+    the convolution, which saves W' (a weight-sized tensor per block) for its backward."""
+    conv, bn = block.conv, block.bn
+    if not bn.affine:
+        raise ValueError("keep-folded compares affine BatchNorm only")
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+    centred_bias = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
+    return conv._conv_forward(x, weight, bn.bias + centred_bias * scale)
+
+
 class Runner:
     """One model (plus an In-Place ABN copy if asked) and its optimizer; runs timed iterations."""
 
@@ -187,8 +211,10 @@ class Runner:
         base = Net(get_model(args.arch, pretrained=False), args.num_classes)
         _realistic_bn_(base)
         self.models: Dict[str, nn.Module] = {}
-        if any(m in MODE_CHOICES for m in args.modes):
+        if any(m in MODE_CHOICES or m == "keep-folded" for m in args.modes):
             self.models["convbn"] = base
+        self._blocks = [m for m in base.modules() if isinstance(m, ConvBN)]
+        self._keeping_folded = False
         if "inplace-abn" in args.modes:
             from tllib_tune.modules.inplace_abn import convert_to_inplace_abn
 
@@ -209,7 +235,15 @@ class Runner:
         if mode == "inplace-abn":
             return self.models["inplace-abn"]
         model = self.models["convbn"]
-        set_mode(model.backbone, mode)
+        keep_folded = mode == "keep-folded"
+        if keep_folded != self._keeping_folded:
+            for block in self._blocks:
+                if keep_folded:  # an instance attribute, found before the class's forward
+                    block.forward = functools.partial(keep_folded_forward, block)
+                else:
+                    del block.forward
+            self._keeping_folded = keep_folded
+        set_mode(model.backbone, "eval" if keep_folded else mode)
         return model
 
     def _sync(self) -> None:

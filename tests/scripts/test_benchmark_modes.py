@@ -1,4 +1,4 @@
-"""Smoke test of scripts/benchmark_modes.py: a tiny run writes a complete CSV with every mode."""
+"""scripts/benchmark_modes.py: a tiny run writes a complete CSV; mode order, targets, keep-folded."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import randomize_bn_, rel_err
+from tllib_tune import ConvBN
+from tllib_tune.models import get_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "benchmark_modes.py"
@@ -131,3 +138,38 @@ def test_targets_summary_counts_the_settings_within_each_limit():
     lines = benchmark_modes.format_targets([dict(tune_row(2, None), memory_vs_deploy=None)]).splitlines()
     assert [line.split("<=")[0].strip() for line in lines[1:]] == ["memory tune/eval", "time tune/eval"]
     assert benchmark_modes.format_targets([dict(tune_row(2, 1.0), mode="eval")]) is None
+
+
+def test_keep_folded_mode_keeps_one_folded_weight_per_block(tmp_path):
+    """The comparison mode computes the block like PyTorch's pass and MMCV do: its activation memory is
+    Tune's plus every block's folded weight (and a few per-channel vectors)."""
+    out = tmp_path / "bench"
+    proc = _run(
+        "--arch", "resnet18", "--batch-sizes", "2", "--input-sizes", "32",
+        "--modes", "tune,keep-folded,deploy", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+        "--no-plot", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "results.csv") as f:
+        memory = {r["mode"]: float(r["activation_mb"]) for r in csv.DictReader(f)}
+    backbone = get_model("resnet18", pretrained=False)
+    weights_mb = sum(b.conv.weight.numel() * 4 for b in backbone.modules() if isinstance(b, ConvBN)) / 2**20
+    assert memory["tune"] == memory["deploy"]
+    assert weights_mb <= memory["keep-folded"] - memory["tune"] <= 1.01 * weights_mb
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_keep_folded_forward_is_the_blocks_eval_function(bias):
+    benchmark_modes = _import_script()
+    gen = torch.Generator().manual_seed(3)
+    block = ConvBN(4, 6, 3, stride=2, bias=bias, mode="eval").double()
+    randomize_bn_(block.bn, gen)
+    x = torch.randn(2, 4, 9, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 6, 5, 5, generator=gen, dtype=torch.float64)
+    grads = []
+    for forward in (block, lambda t: benchmark_modes.keep_folded_forward(block, t)):
+        out = forward(x)
+        params = [x, block.conv.weight, block.bn.weight, block.bn.bias]
+        grads.append((out, *torch.autograd.grad(out, params, upstream)))
+    for eval_value, keep_folded_value in zip(*grads):
+        assert rel_err(keep_folded_value, eval_value) < 1e-12
