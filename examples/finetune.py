@@ -61,6 +61,7 @@ from tllib_tune.utils.checkpoint import (  # noqa: E402
     unwrap_model,
 )
 from tllib_tune.utils.data import EpochBatchSampler, SeededDataset, ShardSampler  # noqa: E402
+from tllib_tune.utils.feature_maps import smallest_feature_map  # noqa: E402
 from tllib_tune.utils.logger import RunLogger, read_jsonl  # noqa: E402
 
 PROG = "finetune.py"
@@ -644,6 +645,18 @@ def run(args: argparse.Namespace, env: Env) -> int:
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
+    batch_statistics = sorted(modes_used & {"train", "inplace-abn"})
+    if args.phase == "train" and batch_statistics:
+        # per process, or over all of them where --sync-bn pools the statistics
+        images = args.batch_size * (env.world if args.sync_bn and env.distributed else 1)
+        smallest = smallest_feature_map(model, args.input_size)
+        if images * smallest <= 1:
+            raise UserError(
+                f"--batch-size {args.batch_size} at --input-size {args.input_size}: "
+                f"BatchNorm with batch statistics ({' and '.join(batch_statistics)} mode) needs more than "
+                f"one value per channel, but {args.arch}'s smallest feature map holds {smallest} per image; "
+                "use --batch-size 2 or more, or a larger --input-size"
+            )
     if args.sync_bn:
         if env.distributed and "train" in modes_used:
             model = convert_sync_batchnorm(model)  # swaps BN children: ConvBN blocks stay

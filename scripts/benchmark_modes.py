@@ -31,6 +31,7 @@ from torch import nn
 from tllib_tune import ConvBN, set_mode
 from tllib_tune.models import get_model, list_models
 from tllib_tune.modules.convbn import MODE_CHOICES
+from tllib_tune.utils.feature_maps import smallest_feature_map
 from tllib_tune.utils.memory import MIB, SavedTensorMeter
 
 #: What a run measures unless --modes says otherwise.
@@ -230,6 +231,10 @@ class Runner:
             self.optimizers[key] = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         self.loss_fn = nn.CrossEntropyLoss()
         self.amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.amp]
+
+    def smallest_feature_map(self, input_size: int) -> int:
+        """Values per channel per image in the model's smallest feature map at ``input_size``."""
+        return smallest_feature_map(next(iter(self.models.values())), input_size)
 
     def _model_for(self, mode: str) -> nn.Module:
         if mode == "inplace-abn":
@@ -456,6 +461,32 @@ def write_plot(rows: List[dict], modes: Sequence[str], path: str) -> bool:
     return True
 
 
+BATCH_STATISTICS_MODES = ("train", "inplace-abn")
+
+
+def batch_statistics_problem(
+    runner: Runner, args: argparse.Namespace, flags: Tuple[str, str] = ("--batch-sizes", "--input-sizes")
+) -> Optional[str]:
+    """Why a setting cannot run, or None. Train mode and In-Place ABN normalise with the batch's own
+    statistics, which need more than one value per channel: a batch of one image whose last feature map
+    is 1 x 1 fails in BatchNorm. Checked before anything is timed, so a long run does not die late."""
+    modes = [m for m in args.modes if m in BATCH_STATISTICS_MODES]
+    if not modes:
+        return None
+    for input_size in args.input_sizes:
+        smallest = runner.smallest_feature_map(input_size)
+        for batch_size in args.batch_sizes:
+            if batch_size * smallest <= 1:
+                return (
+                    f"batch {batch_size} x {input_size}: BatchNorm with batch statistics "
+                    f"({', '.join(modes)}) "
+                    f"needs more than one value per channel, but {args.arch}'s smallest feature map "
+                    f"holds {smallest} per image; use {flags[0]} of at least 2, a larger {flags[1]}, or "
+                    f"leave {' and '.join(modes)} out of --modes"
+                )
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm
@@ -465,6 +496,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     runner = Runner(args)
     settings = [(b, s) for b in args.batch_sizes for s in args.input_sizes]
+    problem = batch_statistics_problem(runner, args)
+    if problem:
+        print(f"{os.path.basename(sys.argv[0]) or 'benchmark_modes.py'}: error: {problem}", file=sys.stderr)
+        return 2
     total = len(settings) * (args.warmup + args.repeats) * len(args.modes)
     rows: List[dict] = []
     with tqdm(total=total, desc=f"{args.arch} on {args.device}", unit="iter", file=sys.stderr) as progress:

@@ -51,6 +51,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     bench_argv = ["--arch", args.arch, "--modes", ",".join(modes), "--device", args.device]
     bench_args = bench.parse_args(bench_argv)
     bench_args.threads = args.threads
+    bench_args.batch_sizes, bench_args.input_sizes = [args.batch_size], [args.input_size]
     args.modes, args.bench = modes, bench_args
     return args
 
@@ -66,6 +67,10 @@ def _self_us(event, device_type: str) -> float:
 def profile_modes(args: argparse.Namespace) -> Dict[str, dict]:
     """Per mode: wall seconds and page faults per iteration, and op -> [self ms, calls] per iteration."""
     runner = bench.Runner(args.bench)
+    problem = bench.batch_statistics_problem(runner, args.bench, ("--batch-size", "--input-size"))
+    if problem:
+        print(f"profile_modes.py: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=gen).to(runner.device)
     y = torch.randint(0, args.bench.num_classes, (args.batch_size,), generator=gen).to(runner.device)

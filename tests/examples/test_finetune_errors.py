@@ -86,6 +86,19 @@ def test_batch_larger_than_the_training_set(args):
     )
 
 
+@pytest.mark.parametrize("mode", ["train", "inplace-abn"])
+def test_batch_of_one_with_a_1x1_map_under_batch_statistics(args, tmp_path, mode):
+    # resnet18's last feature map is 1 x 1 at 32 px: BatchNorm with batch statistics cannot run on one image
+    fails(
+        run_finetune(args(batch_size=1, mode=mode)),
+        1,
+        "--batch-size 1 at --input-size 32",
+        f"({mode} mode)",
+        "use --batch-size 2 or more",
+    )
+    assert not (tmp_path / "log").exists()  # refused before the run directory is made
+
+
 def test_missing_dataset_root(args, tmp_path):
     root = tmp_path / "no_cars_here"
     fails(

@@ -82,6 +82,26 @@ def test_bad_arguments_exit_non_zero_with_a_message(tmp_path):
     assert proc.returncode == 2 and "resnet5" in proc.stderr
 
 
+def test_a_batch_of_one_1x1_map_fails_before_timing_in_batch_statistics_modes(tmp_path):
+    # resnet18's last feature map is 1 x 1 at 32 pixels: BatchNorm with batch statistics cannot run on it
+    proc = _run(
+        "--arch", "resnet18", "--batch-sizes", "2,1", "--input-sizes", "64,32", "--modes", "train,tune",
+        "--device", "cpu", "--out", str(tmp_path / "bench"),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "batch 1 x 32" in proc.stderr and "--batch-sizes" in proc.stderr and "train" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "bench" / "results.csv").exists()
+
+    benchmark_modes = _import_script()
+    argv = ["--arch", "resnet18", "--batch-sizes", "1", "--input-sizes", "32,64", "--device", "cpu"]
+    runner = benchmark_modes.Runner(benchmark_modes.parse_args(argv + ["--modes", "tune,deploy"]))
+    assert runner.smallest_feature_map(32) == 1 and runner.smallest_feature_map(64) == 4
+    assert benchmark_modes.batch_statistics_problem(runner, runner.args) is None  # running statistics only
+    args = benchmark_modes.parse_args(argv + ["--modes", "eval,inplace-abn", "--input-sizes", "64"])
+    assert benchmark_modes.batch_statistics_problem(benchmark_modes.Runner(args), args) is None
+
+
 def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
     benchmark_modes = _import_script()
     modes = ["train", "tune", "deploy"]

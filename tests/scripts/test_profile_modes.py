@@ -38,3 +38,12 @@ def test_tiny_profile_lists_tune_only_work():
 def test_bad_modes_exit_non_zero_with_a_message():
     proc = _run("--modes", "tune", "--device", "cpu")
     assert proc.returncode == 2 and "two of" in proc.stderr and "deploy" in proc.stderr
+
+
+def test_a_batch_of_one_1x1_map_in_train_mode_exits_with_the_fix():
+    proc = _run(
+        "--arch", "resnet18", "--batch-size", "1", "--input-size", "32", "--modes", "train,tune",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "batch 1 x 32" in proc.stderr and "--batch-size of at least 2" in proc.stderr
