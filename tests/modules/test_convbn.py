@@ -388,6 +388,31 @@ def test_tune_under_cpu_autocast_bfloat16_folds_in_float32():
     assert torch.isfinite(block.bn.weight.grad).all()
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["train", "eval", "tune", "deploy"])
+def test_every_mode_computes_in_autocasts_dtype_like_torchs_conv(mode, dims):
+    torch.manual_seed(0)
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims](4, 6, 3, padding=1, bias=False)
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](6)
+    randomize_bn_(bn, torch.Generator().manual_seed(3))
+    x = torch.randn((2, 4) + (6,) * dims)
+    with torch.no_grad():  # torch's own layers, before the block takes them over (deploy folds in place)
+        reference = F.batch_norm(
+            conv(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+        )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch_out = conv(x)  # what autocast makes of torch's own convolution
+    block = ConvBN.from_modules(conv, bn, mode=mode)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    assert out.dtype == torch_out.dtype == torch.bfloat16
+    if mode == "deploy":  # the folded parameters, rounded to bfloat16 as autocast rounds any weight
+        expected = conv._conv_forward(x.bfloat16(), block.conv.weight.bfloat16(), block.bn.bias.bfloat16())
+        assert torch.equal(out, expected)
+    if mode != "train":  # the same function as eval's in float32, to bfloat16's precision
+        assert rel_err(out.float(), reference) < 2e-2
+
+
 @pytest.mark.parametrize("strategy", ["weight", "output"])
 def test_tune_channels_last(strategy):
     block, x, gen = _make_block(2, "groups1", 1, 1, True, True, seed=9)

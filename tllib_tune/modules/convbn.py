@@ -212,11 +212,16 @@ def _bn_inference_backward(
     return (None if grad_value is None else grad_value.squeeze(0)), grad_gamma, grad_beta
 
 
+_CONV_FUNCTIONS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+
 def _forward_op(spec: OpSpec, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The operator through its functional form, which autocast casts as it casts nn.Conv*d and nn.Linear
+    (``torch.convolution`` itself is not on autocast's lists: Deploy would silently stay in float32)."""
     if spec[0] == "linear":
         return F.linear(x, weight, bias)
     _, stride, padding, dilation, groups = spec
-    return torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+    return _CONV_FUNCTIONS[weight.dim()](x, weight, bias, stride, padding, dilation, groups)
 
 
 def _backward_op(
