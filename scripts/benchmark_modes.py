@@ -400,6 +400,42 @@ def format_targets(rows: List[dict]) -> Optional[str]:
     return "\n".join(lines) if len(lines) > 1 else None
 
 
+#: glibc settings under which freed memory stays mapped, so that no mode pays for page faults.
+RETAIN_MEMORY = (
+    "MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824"
+)
+
+
+def fault_notes(rows: List[dict], tolerance: float = 1.25, floor: int = 10_000) -> Optional[str]:
+    """A warning for each setting where Tune and Deploy, which keep the same activations, took page
+    faults more than ``tolerance`` times apart (and at least ``floor`` apart): the allocator's state,
+    not the mode, moved their time ratio there. None when every setting is consistent."""
+    by_setting: Dict[Tuple[int, int], Dict[str, dict]] = {}
+    for r in rows:
+        by_setting.setdefault((r["batch_size"], r["input_size"]), {})[r["mode"]] = r
+    notes = []
+    for (batch, size), modes in sorted(by_setting.items()):
+        tune, deploy = modes.get("tune"), modes.get("deploy")
+        if tune is None or deploy is None or tune["page_faults"] is None or deploy["page_faults"] is None:
+            continue
+        if abs(tune["activation_mb"] - deploy["activation_mb"]) > 0.01 * deploy["activation_mb"]:
+            continue  # they allocate differently (autocast keeps low-precision weight copies in deploy)
+        low, high = sorted((tune["page_faults"], deploy["page_faults"]))
+        if high - low >= floor and high > tolerance * low:
+            notes.append(
+                f"note: at {batch} x {size} tune and deploy keep the same activations but took "
+                f"{tune['page_faults']} and {deploy['page_faults']} minor page faults per iteration, so "
+                "their time ratio there reflects the allocator's state as much as the modes"
+            )
+    if not notes:
+        return None
+    notes.append(
+        f"for compute-only ratios rerun with {RETAIN_MEMORY} in the environment (glibc), or with "
+        "jemalloc or tcmalloc through LD_PRELOAD"
+    )
+    return "\n".join(notes)
+
+
 def write_csv(rows: List[dict], path: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -515,6 +551,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     targets = format_targets(rows)
     if targets:
         print("\n" + targets)
+    notes = fault_notes(rows)
+    if notes:
+        print("\n" + notes)
     write_csv(rows, os.path.join(args.out, "results.csv"))
     write_tensorboard(rows, args.out)
     plotted = not args.no_plot and write_plot(rows, args.modes, os.path.join(args.out, "benchmark.png"))

@@ -193,3 +193,23 @@ def test_keep_folded_forward_is_the_blocks_eval_function(bias):
         grads.append((out, *torch.autograd.grad(out, params, upstream)))
     for eval_value, keep_folded_value in zip(*grads):
         assert rel_err(keep_folded_value, eval_value) < 1e-12
+
+
+def test_fault_notes_flag_settings_where_tune_and_deploy_faulted_apart():
+    benchmark_modes = _import_script()
+
+    def row(mode, batch, faults, activation_mb=100.0):
+        return {"mode": mode, "batch_size": batch, "input_size": 224, "page_faults": faults,
+                "activation_mb": activation_mb}  # fmt: skip
+
+    consistent = [row("tune", 16, 62_694), row("deploy", 16, 62_692), row("eval", 16, 446_841)]
+    assert benchmark_modes.fault_notes(consistent) is None
+    assert benchmark_modes.fault_notes([row("tune", 8, 0), row("deploy", 8, 5_000)]) is None  # below floor
+    # the run where Tune took 1.08 M faults against Deploy's 0.69 M at 32 x 224
+    notes = benchmark_modes.fault_notes(consistent + [row("tune", 32, 1_078_605), row("deploy", 32, 689_787)])
+    assert notes is not None and "32 x 224" in notes and "16 x 224" not in notes
+    assert "1078605 and 689787" in notes and "MALLOC_TRIM_THRESHOLD_" in notes
+    # under autocast Deploy keeps more (its low-precision weight copies): fault counts may differ
+    amp = [row("tune", 8, 11_942, 42.4), row("deploy", 8, 40_000, 87.1)]
+    assert benchmark_modes.fault_notes(amp) is None
+    assert benchmark_modes.fault_notes([row("tune", 8, None), row("deploy", 8, None)]) is None
