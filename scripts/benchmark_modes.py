@@ -529,13 +529,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
     runner = Runner(args)
-    settings = [(b, s) for b in args.batch_sizes for s in args.input_sizes]
     problem = batch_statistics_problem(runner, args)
     if problem:
-        print(f"{os.path.basename(sys.argv[0]) or 'benchmark_modes.py'}: error: {problem}", file=sys.stderr)
+        print(f"benchmark_modes.py: error: {problem}", file=sys.stderr)
         return 2
+    os.makedirs(args.out, exist_ok=True)
+    settings = [(b, s) for b in args.batch_sizes for s in args.input_sizes]
     total = len(settings) * (args.warmup + args.repeats) * len(args.modes)
     rows: List[dict] = []
     with tqdm(total=total, desc=f"{args.arch} on {args.device}", unit="iter", file=sys.stderr) as progress:
