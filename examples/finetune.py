@@ -621,6 +621,29 @@ def merge_partial(partial: Optional[Dict[str, float]], stats: Dict[str, float]) 
     return merged
 
 
+def divergence_advice(mode: str, amp: str, pretrained: str) -> str:
+    """What to change after a non-finite loss in ``mode``, given the run's --amp and --pretrained."""
+    if mode == "deploy":
+        return (
+            "Deploy mode is unstable for fine-tuning: it trains the folded weights W*s directly, so "
+            "updates are rescaled by the BatchNorm statistics. Tune mode computes the same function "
+            "stably with the same memory: rerun with --mode tune"
+        )
+    tips = []
+    if pretrained.lower() == "none" and mode in ("eval", "tune"):
+        tips.append(
+            f"with --pretrained none, give train mode more epochs before {mode} mode (a random network's "
+            "BatchNorm running statistics take many steps to match the data)"
+        )
+    tips.append("lower --lr (or --lr-gamma if the rate grows)")
+    if amp == "fp16":
+        tips.append("use --amp bf16 (float32's range) or none")
+    elif amp == "bf16":
+        tips.append("try --amp none")
+    text = "; or ".join(tips)
+    return text[0].upper() + text[1:]
+
+
 def run(args: argparse.Namespace, env: Env) -> int:
     say = print if env.is_main else (lambda *a, **k: None)
     device = setup_device(args, env)
@@ -985,14 +1008,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
             finish(
                 "diverged", diverged_at={"epoch": exc.epoch, "iteration": exc.iteration, "loss": exc.value}
             )
-            if current_mode == "deploy":
-                advice = (
-                    "Deploy mode is unstable for fine-tuning: it trains the folded weights W*s directly, so "
-                    "updates are rescaled by the BatchNorm statistics. Tune mode computes the same function "
-                    "stably with the same memory: rerun with --mode tune"
-                )
-            else:
-                advice = "Lower --lr (or --lr-gamma if the rate grows), or use --amp none / bf16"
+            advice = divergence_advice(current_mode, args.amp, args.pretrained)
             raise Diverged(
                 f"the loss became {exc.value} at epoch {exc.epoch}, iteration {exc.iteration} "
                 f"(global step {exc.epoch * iters + exc.iteration}) in {current_mode} mode; stopped without "

@@ -264,6 +264,30 @@ def test_non_finite_loss_in_deploy_mode(args, synthetic_root, backbone_file, tmp
     assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 1
 
 
+@pytest.mark.parametrize(
+    "mode, amp, pretrained, wanted, unwanted",
+    [
+        (
+            "tune",
+            "bf16",
+            "none",
+            ["train mode more epochs before tune", "--lr", "try --amp none"],
+            ["bf16 ("],
+        ),
+        ("tune", "fp16", "imagenet", ["--lr", "--amp bf16"], ["--pretrained none"]),
+        ("eval", "none", "imagenet", ["--lr"], ["--amp", "--pretrained"]),
+        ("train", "none", "none", ["--lr"], ["--amp", "--pretrained"]),
+    ],
+)
+def test_divergence_advice_fits_the_run(mode, amp, pretrained, wanted, unwanted):
+    advice = load_finetune().divergence_advice(mode, amp, pretrained)
+    assert advice[0].isupper()
+    for fragment in wanted:
+        assert fragment in advice, advice
+    for fragment in unwanted:
+        assert fragment not in advice, advice  # never the setting the run already uses
+
+
 def test_out_of_memory_names_mode_and_batch(args, monkeypatch, capsys):
     finetune = load_finetune()
 
