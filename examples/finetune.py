@@ -455,12 +455,19 @@ def build_datasets(args: argparse.Namespace, env: Env) -> Dict[str, Any]:
     return sets
 
 
-def build_model(args: argparse.Namespace, num_classes: int, env: Env) -> Tuple[nn.Module, str]:
-    """Classifier(backbone) with the requested weights; returns (model, description of the weights)."""
+def build_model(
+    args: argparse.Namespace, num_classes: int, env: Env, load_weights: bool = True
+) -> Tuple[nn.Module, str]:
+    """Classifier(backbone) with the requested weights; returns (model, description of the weights).
+    With ``load_weights=False`` (a checkpoint will replace every weight) the network is built as
+    --pretrained asks, learning rates included, but nothing is downloaded or read."""
     from tllib_tune.models import get_model
     from tllib_tune.modules.classifier import Classifier
 
     choice = args.pretrained
+    if not load_weights:
+        backbone = get_model(args.arch, pretrained=False)
+        return Classifier(backbone, num_classes, finetune=choice.lower() != "none"), "no pretrained weights"
     if choice.lower() == "none":
         pretrained: Any = False
         what = "random initialisation (--pretrained none, no download)"
@@ -480,13 +487,12 @@ def build_model(args: argparse.Namespace, num_classes: int, env: Env) -> Tuple[n
             try:
                 backbone = get_model(args.arch, pretrained=pretrained)
             except (OSError, RuntimeError, ValueError, KeyError) as exc:
-                detail = one_line(exc)
+                detail = one_line(exc).rstrip(".")
                 if pretrained is True:
                     raise UserError(
-                        f"could not load ImageNet weights for {args.arch}: {detail}. Without network access, "
-                        "download them elsewhere and pass --pretrained FILE, or train from random weights "
-                        "with "
-                        "--pretrained none (or run the offline --quick-start)"
+                        f"could not load ImageNet weights for {args.arch}: {detail}. Or pass the weights "
+                        "file as --pretrained FILE, or train from random weights with --pretrained none (or "
+                        "run the offline --quick-start)"
                     ) from None
                 raise UserError(
                     f"--pretrained {choice!r} does not fit --arch {args.arch}: {detail}"
@@ -621,6 +627,39 @@ def merge_partial(partial: Optional[Dict[str, float]], stats: Dict[str, float]) 
     return merged
 
 
+def read_run_checkpoint(args: argparse.Namespace, log_dir: Path) -> Optional[Dict[str, Any]]:
+    """The checkpoint this run starts from (--resume, or for --phase test the run's best.pt, else
+    latest.pt), read and checked against --arch; None for a fresh training run. Sets ``args.resume``
+    to the file found. Refuses to train over an existing run without --resume."""
+    if args.phase == "test" and args.resume is None:
+        for name in ("best.pt", "latest.pt"):
+            if (log_dir / "checkpoints" / name).exists():
+                args.resume = str(log_dir / "checkpoints" / name)
+                break
+        else:
+            raise UserError(
+                "--phase test needs a checkpoint: give --resume FILE, or --log of a run with checkpoints"
+            )
+    if args.resume is None:
+        if args.phase == "train" and (log_dir / "checkpoints" / "latest.pt").exists():
+            raise UserError(
+                f"{log_dir} already holds a run; add --resume {log_dir / 'checkpoints' / 'latest.pt'} to "
+                "carry it on, or choose another --log"
+            )
+        return None
+    try:
+        checkpoint = load_checkpoint(args.resume)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    saved_arch = checkpoint.get("args", {}).get("arch")
+    if saved_arch is not None and saved_arch != args.arch:
+        raise UserError(
+            f"checkpoint {args.resume!r} was made with --arch {saved_arch}, but this run uses --arch "
+            f"{args.arch}; use the same --arch"
+        )
+    return checkpoint
+
+
 def divergence_advice(mode: str, amp: str, pretrained: str) -> str:
     """What to change after a non-finite loss in ``mode``, given the run's --amp and --pretrained."""
     if mode == "deploy":
@@ -658,9 +697,15 @@ def run(args: argparse.Namespace, env: Env) -> int:
             f"for tune mode to use), on {device}. About 1.5 min on 2 CPU cores.\n"
         )
     seed_everything(args.seed)
+    # the checkpoint first: a missing or wrong one fails before data sets and weights are fetched
+    log_dir = resolve_log_dir(args)
+    checkpoint = read_run_checkpoint(args, log_dir)
     sets = build_datasets(args, env)
     num_classes = sets["num_classes"]
-    model, weights = build_model(args, num_classes, env)
+    # a checkpoint holds every weight of the model: no pretrained weights to fetch (or be offline for)
+    model, weights = build_model(args, num_classes, env, load_weights=checkpoint is None)
+    if checkpoint is not None:
+        weights = f"weights from checkpoint {args.resume}"
 
     modes_used = {m for m, _, _ in args.schedule}
     if args.mode == "inplace-abn" and args.mode_schedule is None:
@@ -703,36 +748,13 @@ def run(args: argparse.Namespace, env: Env) -> int:
         )
 
     # ---- resume / test phase -------------------------------------------------------------------------
-    log_dir = resolve_log_dir(args)
     start_epoch, start_iter = 0, 0
     state: Dict[str, Any] = {"best_val_acc1": None, "best_epoch": None, "partial": None}
-    checkpoint = None
-    if args.phase == "test" and args.resume is None:
-        for name in ("best.pt", "latest.pt"):
-            if (log_dir / "checkpoints" / name).exists():
-                args.resume = str(log_dir / "checkpoints" / name)
-                break
-        else:
-            raise UserError(
-                "--phase test needs a checkpoint: give --resume FILE, or --log of a run with checkpoints"
-            )
-    if args.resume is not None:
+    if checkpoint is not None:
         try:
-            checkpoint = load_checkpoint(args.resume)
-            saved_arch = checkpoint.get("args", {}).get("arch")
-            if saved_arch is not None and saved_arch != args.arch:
-                raise CheckpointError(
-                    f"checkpoint {args.resume!r} was made with --arch {saved_arch}, but this run uses --arch "
-                    f"{args.arch}; use the same --arch"
-                )
             load_model_state(model, checkpoint["model"], source=f"checkpoint {args.resume!r}")
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
-    elif args.phase == "train" and (log_dir / "checkpoints" / "latest.pt").exists():
-        raise UserError(
-            f"{log_dir} already holds a run; add --resume {log_dir / 'checkpoints' / 'latest.pt'} to carry "
-            "it on, or choose another --log"
-        )
 
     eval_kwargs = dict(device=device, amp_dtype=dtype, channels_last=args.channels_last, progress=env.is_main)
     loader_kwargs = dict(num_workers=args.workers, pin_memory=device.type == "cuda")

@@ -152,6 +152,12 @@ def test_val_ratio_selects_on_val_and_reports_test(synthetic_root, backbone_file
     test = run_finetune(tiny_args(synthetic_root, log, backbone_file, phase="test"))
     assert_ok(test)
     assert f"test: acc1 {summary['best_test_acc1']:.2f}" in test.stdout
+    # the checkpoint holds every weight: --pretrained imagenet fetches nothing (an empty, offline hub)
+    hub = subprocess_env(TORCH_HOME=str(tmp_path / "empty_torch_home"))
+    test = run_finetune(tiny_args(synthetic_root, log, "imagenet", phase="test"), env=hub)
+    assert_ok(test)
+    assert f"test: acc1 {summary['best_test_acc1']:.2f}" in test.stdout
+    assert "Downloading" not in test.stderr and not (tmp_path / "empty_torch_home").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------

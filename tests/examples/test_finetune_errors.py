@@ -224,6 +224,13 @@ def test_resume_pointing_nowhere(args, tmp_path):
     fails(run_finetune(args(resume=tmp_path / "missing" / "latest.pt")), 1, "latest.pt", "does not exist")
 
 
+def test_test_phase_without_a_checkpoint_says_so_before_fetching_data(args, tmp_path):
+    # neither the data set (absent here) nor ImageNet weights are looked for first
+    flags = args(dataset="stanford_cars", root=tmp_path / "no_cars", log=tmp_path / "empty", phase="test")
+    flags[flags.index("--pretrained") + 1] = "imagenet"
+    fails(run_finetune(flags), 1, "--phase test needs a checkpoint", "--resume FILE")
+
+
 def test_existing_run_is_not_overwritten(args, checkpoint_path):
     fails(run_finetune(args(log=checkpoint_path.parent.parent)), 1, "already holds a run", "--resume")
 
