@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tllib_tune import ConvBN, set_mode
+from tllib_tune.utils.feature_maps import smallest_feature_map
 from tllib_tune.utils.memory import MIB, SavedTensorMeter
 
 
@@ -39,9 +40,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
+    sizes = (
+        ("--depth", args.depth),
+        ("--width", args.width),
+        ("--batch-size", args.batch_size),
+        ("--size", args.size),
+    )
+    for flag, value in sizes:
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
 
     torch.manual_seed(0)
     model = build(args.depth, args.width).double()
+    last = smallest_feature_map(model, args.size)
+    if args.batch_size * last < 2:  # train mode normalises with batch statistics
+        parser.error(
+            f"--batch-size {args.batch_size} at --size {args.size} leaves train mode's BatchNorm one value "
+            "per channel in the last block; use --batch-size 2 or more, or a larger --size"
+        )
     x = torch.randn(args.batch_size, 3, args.size, args.size, dtype=torch.float64, requires_grad=True)
     results = {}
     for mode in ("eval", "tune", "deploy", "train"):
