@@ -160,6 +160,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--amp fp16 needs --device cuda; on the CPU use --amp bf16 or none")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads} (leave it out for torch's default)")
+    if args.num_classes < 1:
+        parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
     return args
 
 
@@ -534,7 +538,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         print(f"benchmark_modes.py: error: {problem}", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"benchmark_modes.py: error: --out {args.out}: {exc.strerror}; choose a writable directory",
+            file=sys.stderr,
+        )
+        return 2
     settings = [(b, s) for b in args.batch_sizes for s in args.input_sizes]
     total = len(settings) * (args.warmup + args.repeats) * len(args.modes)
     rows: List[dict] = []

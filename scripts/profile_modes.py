@@ -47,6 +47,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--modes {args.modes!r}: give two of {', '.join(bench.ALL_MODES)}, comma-separated")
     if min(args.batch_size, args.input_size, args.iterations, args.top) < 1 or args.warmup < 0:
         parser.error("--batch-size, --input-size, --iterations and --top must be >= 1, --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads} (leave it out for torch's default)")
     # the benchmark's own checks (architecture, device) and settings (no AMP, contiguous)
     bench_argv = ["--arch", args.arch, "--modes", ",".join(modes), "--device", args.device]
     bench_args = bench.parse_args(bench_argv)

@@ -80,6 +80,20 @@ def test_bad_arguments_exit_non_zero_with_a_message(tmp_path):
     assert "fast" in proc.stderr and "inplace-abn" in proc.stderr
     proc = _run("--arch", "resnet5", "--out", str(tmp_path))
     assert proc.returncode == 2 and "resnet5" in proc.stderr
+    for flags, fragment in [
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--num-classes", "0"], "--num-classes must be >= 1, got 0"),
+    ]:
+        proc = _run(*flags, "--out", str(tmp_path))
+        assert proc.returncode == 2 and fragment in proc.stderr
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = _run(
+        "--arch", "resnet18", "--modes", "tune", "--batch-sizes", "2", "--input-sizes", "32",
+        "--device", "cpu", "--out", str(blocker / "bench"),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--out {blocker / 'bench'}" in proc.stderr and "choose a writable directory" in proc.stderr
 
 
 def test_a_batch_of_one_1x1_map_fails_before_timing_in_batch_statistics_modes(tmp_path):
