@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from tllib_tune import ConvBN, LinearBN, Mode, get_modes, set_mode, using_mode
@@ -60,3 +61,15 @@ def test_using_mode_restores_on_error():
     with pytest.raises(RuntimeError), using_mode(model, "tune"):
         raise RuntimeError("boom")
     assert get_modes(model) == {"train": 3}
+
+
+def test_a_model_without_convbn_blocks_is_an_error_not_a_no_op():
+    plain = torchvision.models.resnet18()  # nn.Conv2d + nn.BatchNorm2d: nothing a mode could switch
+    with pytest.raises(ValueError, match=r"ResNet has no ConvBN block \(20 plain BatchNorm layer"):
+        set_mode(plain, "tune")
+    with pytest.raises(ValueError, match="ConvBN.from_modules"):
+        with using_mode(plain, "tune"):
+            pass
+    with pytest.raises(ValueError, match="no BatchNorm at all"):
+        set_mode(nn.Linear(2, 2), "eval")
+    assert get_modes(plain) == {}  # a question, not a switch

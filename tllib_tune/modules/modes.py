@@ -46,16 +46,30 @@ def iter_blocks(model: nn.Module, include: Include = None) -> Iterator[Tuple[str
         )
 
 
+def _no_blocks(model: nn.Module) -> ValueError:
+    """A model without ConvBN blocks would ignore any mode: say so, and how to get blocks."""
+    norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    found = f"{norms} plain BatchNorm layer(s), which no mode changes" if norms else "no BatchNorm at all"
+    return ValueError(
+        f"{type(model).__name__} has no ConvBN block ({found}); build the model with "
+        "tllib_tune.models.get_model, or pair each convolution with its BatchNorm through "
+        "ConvBN.from_modules(conv, bn)"
+    )
+
+
 def set_mode(model: nn.Module, mode: Union[str, Mode], include: Include = None) -> int:
     """Put every ConvBN block of ``model`` (or of the ``include`` part) in ``mode``; return how many.
 
-    Parameters keep their identity, so an optimizer built before the switch stays valid.
+    Parameters keep their identity, so an optimizer built before the switch stays valid. A model with
+    no ConvBN block at all (a plain torchvision network, say) is an error rather than a silent no-op.
     """
     mode = Mode.parse(mode)
     count = 0
     for _, block in iter_blocks(model, include):
         block.mode = mode
         count += 1
+    if count == 0:
+        raise _no_blocks(model)
     return count
 
 
@@ -72,6 +86,8 @@ def using_mode(model: nn.Module, mode: Union[str, Mode], include: Include = None
     """Switch blocks to ``mode`` inside a ``with`` statement; each block gets its own mode back on exit."""
     mode = Mode.parse(mode)
     previous = [(block, block.mode) for _, block in iter_blocks(model, include)]
+    if not previous:
+        raise _no_blocks(model)
     try:
         for block, _ in previous:
             block.mode = mode
