@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tllib_tune import ConvBN, set_mode
+from tllib_tune.common import atomic_write
 from tllib_tune.models import get_model, list_models
 from tllib_tune.modules.convbn import MODE_CHOICES
 from tllib_tune.utils.feature_maps import smallest_feature_map
@@ -441,13 +442,11 @@ def fault_notes(rows: List[dict], tolerance: float = 1.25, floor: int = 10_000) 
 
 
 def write_csv(rows: List[dict], path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
-    os.replace(tmp, path)
 
 
 def write_tensorboard(rows: List[dict], out: str) -> None:

@@ -61,7 +61,7 @@ def test_unknown_name_suggests_the_closest(typo, suggestion):
 
 
 def test_unrelated_name_lists_all_models():
-    with pytest.raises(ValueError, match="known models: .*wide_resnet50_2"):
+    with pytest.raises(ValueError, match="choose one of: .*wide_resnet50_2"):
         get_model("vgg16_bn_xyz_totally_different")
 
 

@@ -7,9 +7,9 @@ Each data set is a torch ``Dataset`` of ``(image, label)`` with ``classes``, ``n
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Dict, List, Optional, Type
 
+from ..common import suggest
 from .aircraft import Aircraft
 from .base import SAMPLE_RATES, FineGrainedDataset, ImageDataset, PathLike, load_image, stratified_subset
 from .cub200 import CUB200
@@ -84,12 +84,8 @@ def _resolve(name: str) -> str:
     key = name.strip().lower().replace("-", "_")
     key = ALIASES.get(key, key)
     if key not in DATASETS:
-        choices = list(DATASETS) + list(ALIASES)
-        close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown dataset {name!r}; choose one of {list_datasets()} (aliases: {ALIASES}).{hint}"
-        )
+        hint = suggest(key, list(DATASETS) + list(ALIASES), n=1)
+        raise ValueError(f"unknown dataset {name!r}; {hint} (known: {list_datasets()}, aliases: {ALIASES})")
     return key
 
 

@@ -22,10 +22,11 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from tqdm.auto import tqdm
 
+from ..common import atomic_write
 from .errors import ChecksumError, DownloadError, ExtractionError
 
 __all__ = [
@@ -101,6 +102,33 @@ def verify_checksum(path: PathLike, md5: Optional[str] = None, sha256: Optional[
     _check_digests(Path(path), actual, expected, str(path), f"Delete {path} and download it again.")
 
 
+def _fetch(url: str, out: Any, timeout: float, progress: bool, name: str) -> Tuple[int, Optional[int], dict]:
+    """Stream ``url`` into the open file ``out``; return (bytes received, announced length, digests)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "tllib-tune"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.strip().isdigit() else None
+        hashers = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
+        received = 0
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=name,
+            disable=not progress,
+            leave=False,
+        )
+        with bar:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                for hasher in hashers.values():
+                    hasher.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    return received, total, {key: h.hexdigest() for key, h in hashers.items()}
+
+
 def download_url(
     url: str,
     path: PathLike,
@@ -115,47 +143,20 @@ def download_url(
     every check passed; on any failure (network, checksum, Ctrl-C) it is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": "tllib-tune"})
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.strip().isdigit() else None
-                hashers = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
-                received = 0
-                with tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=path.name,
-                    disable=not progress,
-                    leave=False,
-                ) as bar:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        out.write(chunk)
-                        for hasher in hashers.values():
-                            hasher.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and received != total:
-            raise DownloadError(
-                f"download of {url} stopped after {received} of {total} bytes; run again to retry"
+        with atomic_write(path, suffix=".part") as out:
+            received, total, actual = _fetch(url, out, timeout, progress, path.name)
+            if total is not None and received != total:
+                raise DownloadError(
+                    f"download of {url} stopped after {received} of {total} bytes; run again to retry"
+                )
+            _check_digests(
+                path,
+                actual,
+                {"md5": md5, "sha256": sha256},
+                f"the download of {url}",
+                f"Nothing was saved; run again to retry, or fetch the file by hand and save it as {path}.",
             )
-        actual = {name: h.hexdigest() for name, h in hashers.items()}
-        _check_digests(
-            path,
-            actual,
-            {"md5": md5, "sha256": sha256},
-            f"the download of {url}",
-            f"Nothing was saved; run again to retry, or fetch the file by hand and save it as {path}.",
-        )
-        os.replace(tmp, path)
     except (DownloadError, ChecksumError):
         raise
     except (urllib.error.URLError, OSError, ValueError) as err:
@@ -163,9 +164,6 @@ def download_url(
             f"downloading {url} failed: {err}. Check your connection or proxy, or fetch the file by hand "
             f"and save it as {path}."
         ) from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -30,11 +30,11 @@ RegNet family:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Dict, List
 
 from torch import nn
 
+from ..common import suggest
 from .regnet import (
     RegNet,
     RegNetBlock,
@@ -120,9 +120,7 @@ def get_model(name: str, pretrained: Pretrained = False, **kwargs: Any) -> nn.Mo
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in _REGISTRY:
-        close = difflib.get_close_matches(str(key), list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known models: {', '.join(list_models())}"
-        raise ValueError(f"unknown model {name!r}; {hint}")
+        raise ValueError(f"unknown model {name!r}; {suggest(key, list_models(), n=5)}")
     return _REGISTRY[key](pretrained=pretrained, **kwargs)
 
 

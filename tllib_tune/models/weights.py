@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..common import atomic_write
 from ..modules.convbn import Mode
 from ..modules.modes import set_mode
 
@@ -134,17 +134,8 @@ def to_torchvision_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
 def save_torchvision_state_dict(model: nn.Module, path: Union[str, os.PathLike[str]]) -> str:
     """Write :func:`to_torchvision_state_dict` to ``path`` atomically (temporary file, then rename)."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(to_torchvision_state_dict(model), f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(to_torchvision_state_dict(model), f)
     return path
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..common import atomic_write
 from ..modules.inplace_abn import ConvInPlaceABN
 from ..modules.modes import get_modes, iter_blocks
 
@@ -52,18 +52,8 @@ class CheckpointError(RuntimeError):
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` through a temporary file and ``os.replace`` (all or nothing)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
     return path
 
 

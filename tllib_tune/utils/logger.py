@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
+
+from ..common import atomic_write
 
 __all__ = ["RunLogger", "to_jsonable", "write_json_atomic", "read_jsonl"]
 
@@ -39,18 +40,9 @@ def to_jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(data), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(to_jsonable(data), f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def read_jsonl(path: os.PathLike) -> List[Dict[str, Any]]:
@@ -101,11 +93,9 @@ class RunLogger:
             self._rewrite_metrics(kept)
 
     def _rewrite_metrics(self, records: List[Dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.log_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_write(self.metrics_path, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
-        os.replace(tmp, self.metrics_path)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None and value is not None:
