@@ -162,10 +162,12 @@ def test_linear_bn_modes(bias, affine, strategy):
     assert torch.allclose(block.bn.running_var, ref_bn.running_var, rtol=1e-12, atol=0)
 
 
-def test_linear_bn_rejects_non_2d_input():
+def test_linear_bn_rejects_input_without_features_last():
     block = LinearBN(4, 3)
-    with pytest.raises(ValueError, match=r"\[batch, 4\]"):
+    with pytest.raises(ValueError, match=r"\[\.\.\., 4\] \(features last\), got \(2, 4, 1\)"):
         block(torch.randn(2, 4, 1))
+    with pytest.raises(ValueError, match=r"got \(\)"):
+        block(torch.tensor(1.0))
 
 
 @pytest.mark.parametrize("strategy", ["weight", "output"])

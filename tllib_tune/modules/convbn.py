@@ -16,7 +16,7 @@ With s = gamma / sqrt(running_var + eps) per output channel:
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,19 @@ from torch import Tensor, nn
 from .autocast import autocast_dtype, autocast_off
 from .fold import as_dtype, bn_scale, bn_transform, fold_bn, fold_dtype, unfold_bn, unfold_bn_beta
 from .ops import LINEAR, OpSpec, op_forward
+from .support import hook_kinds, is_tf_same_conv, mode_problem, normalization_only, pair_problem, tf_same_pads
 from .tune import TuneFunction, choose_strategy, tune_forward
 
-__all__ = ["Mode", "ConvBNBase", "ConvBN", "LinearBN", "TuneFunction", "MODE_CHOICES", "choose_strategy"]
+__all__ = [
+    "Mode",
+    "ConvBNBase",
+    "ConvBN",
+    "LinearBN",
+    "TuneFunction",
+    "MODE_CHOICES",
+    "choose_strategy",
+    "convbn_unsupported_reason",
+]
 
 
 class Mode(str, Enum):
@@ -64,17 +74,17 @@ _CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 class ConvBNBase(nn.Module):
     """Shared mode machinery of :class:`ConvBN` and :class:`LinearBN`.
 
-    Subclasses name their operator in ``op_attr`` and describe it in :meth:`_op_spec`.
+    Subclasses name their operator in ``op_attr`` and describe it in :meth:`_geometry`.
     ``module.train()``/``module.eval()`` keep their PyTorch meaning; ``.mode`` chooses the computation.
     """
 
     op_attr = "conv"
-    bn: nn.modules.batchnorm._BatchNorm
+    bn: nn.Module
     #: Where tune mode applies the BatchNorm scale: "auto" (per call, see :func:`choose_strategy`),
     #: "weight" or "output". All three compute the same function with the same activation memory.
     tune_strategy: str = "auto"
 
-    def __init__(self, op: nn.Module, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode]) -> None:
+    def __init__(self, op: nn.Module, bn: nn.Module, mode: Union[str, Mode]) -> None:
         super().__init__()
         setattr(self, self.op_attr, op)
         self.bn = bn
@@ -82,17 +92,25 @@ class ConvBNBase(nn.Module):
         self.register_load_state_dict_post_hook(_refold_after_load)
         self.mode = mode
 
+    @classmethod
+    def _wrap(cls, op: nn.Module, bn: nn.Module, mode: Union[str, Mode]) -> ConvBNBase:
+        """A block around existing modules, after checking that it can compute with them."""
+        problem = pair_problem(op, bn)
+        if problem is not None:
+            error, reason = problem
+            raise error(f"{cls.__name__}.from_modules: {reason}")
+        block = cls.__new__(cls)
+        ConvBNBase.__init__(block, op, bn, mode)
+        return block
+
     # --- the operator -------------------------------------------------------------------------
     @property
     def op(self) -> nn.Module:
         return getattr(self, self.op_attr)
 
-    def _op_spec(self) -> OpSpec:  # pragma: no cover - overridden
+    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:  # pragma: no cover - overridden
+        """(input padded as the operator's own forward pads it, the spec of the operator call left)."""
         raise NotImplementedError
-
-    def _prepare_input(self, x: Tensor) -> Tensor:
-        """Hook for padding that the plain operator call does not do itself."""
-        return x
 
     # --- mode ---------------------------------------------------------------------------------
     @property
@@ -103,8 +121,7 @@ class ConvBNBase(nn.Module):
     @mode.setter
     def mode(self, value: Union[str, Mode]) -> None:
         new = Mode.parse(value)
-        if new is not Mode.TRAIN:
-            self._check_running_stats(new)
+        self._refuse(new)
         if new is self._mode:
             return
         with torch.no_grad():
@@ -114,13 +131,15 @@ class ConvBNBase(nn.Module):
                 self._fold_()
         self._mode = new
 
+    def _refuse(self, mode: Mode) -> None:
+        """Raise if this block cannot compute right in ``mode`` (see :func:`convbn_unsupported_reason`)."""
+        reason = mode_problem(self.op, self.bn, mode.value, type(self).__name__)
+        if reason is not None:
+            raise ValueError(reason)
+
     def _check_running_stats(self, mode: Mode) -> None:
-        if self.bn.running_mean is None or self.bn.running_var is None:
-            raise ValueError(
-                f"{type(self).__name__}: mode {mode.value!r} computes with BatchNorm's running statistics, "
-                "but this block's BatchNorm has none (track_running_stats=False). Use mode 'train', or "
-                "build the BatchNorm with track_running_stats=True."
-            )
+        if self.bn.running_var is None or self.bn.running_mean is None:
+            self._refuse(mode)
 
     def extra_repr(self) -> str:
         return f"mode={self._mode.value}"
@@ -224,20 +243,54 @@ class ConvBNBase(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
 
     # --- forward ------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:
         mode = self._mode
         if mode is Mode.TRAIN:
-            return self.bn(self.op(x))
+            return self._normalize_train(self.op(input))
         self._check_running_stats(mode)
-        bn = self.bn
+        op, bn = self.op, self.bn
+        if bn._forward_pre_hooks or bn._forward_hooks or bn._backward_hooks or bn._backward_pre_hooks:
+            self._refuse(mode)
         if mode is Mode.EVAL:
             return F.batch_norm(
-                self.op(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+                op(input), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
             )
-        x = self._prepare_input(x)
+        if op._forward_hooks or op._backward_hooks or op._backward_pre_hooks:
+            self._refuse(mode)
+        if op._forward_pre_hooks:  # weight_norm / spectral_norm recompute the weight here
+            input = self._run_pre_hooks(input, mode)
+        x, spec = self._geometry(input)
         if mode is Mode.TUNE:
-            return self._tune(x, self._op_spec())
-        return op_forward(self._op_spec(), x, self.op.weight, self._deploy_bias())
+            return self._tune(x, spec)
+        return op_forward(spec, x, op.weight, self._deploy_bias())
+
+    def _normalize_train(self, y: Tensor) -> Tensor:
+        """Train mode's BatchNorm: the module itself, or only its normalisation (timm BatchNormAct2d)."""
+        normalize: Optional[Callable[[nn.Module, Tensor], Tensor]] = normalization_only(self.bn)
+        if normalize is None:
+            return self.bn(y)
+        if hook_kinds(self.bn):
+            self._refuse(Mode.TRAIN)
+        return normalize(self.bn, y)
+
+    def _run_pre_hooks(self, x: Tensor, mode: Mode) -> Tensor:
+        """The operator's forward pre-hooks, as calling the operator would run them, for the input they
+        return (tune and deploy call no module, but hooks such as weight_norm must still run)."""
+        op = self.op
+        args: Tuple[Any, ...] = (x,)
+        kwargs: dict = {}
+        for hook_id, hook in list(op._forward_pre_hooks.items()):
+            if hook_id in op._forward_pre_hooks_with_kwargs:
+                result = hook(op, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            else:
+                result = hook(op, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
+        if mode is Mode.DEPLOY:
+            self._refuse(mode)  # a hook that replaced the weight since deploy was entered
+        return args[0] if args else kwargs["input"]
 
     def _tune(self, x: Tensor, spec: OpSpec) -> Tensor:
         """Tune's forward: the autograd function where something needs a gradient, else its computation."""
@@ -341,19 +394,21 @@ class ConvBN(ConvBNBase):
         super().__init__(conv, bn, mode)
 
     @classmethod
-    def from_modules(
-        cls,
-        conv: nn.modules.conv._ConvNd,
-        bn: nn.modules.batchnorm._BatchNorm,
-        mode: Union[str, Mode] = "train",
-    ) -> ConvBN:
-        """Wrap an existing convolution and BatchNorm (their parameters are shared, not copied)."""
-        if not isinstance(conv, tuple(_CONV_TYPES.values())) or conv.transposed:
-            raise TypeError(f"ConvBN.from_modules needs an nn.Conv1d/2d/3d, got {type(conv).__name__}")
-        _check_bn(bn, conv.out_channels, type(conv).__name__)
-        block = cls.__new__(cls)
-        ConvBNBase.__init__(block, conv, bn, mode)
-        return block
+    def from_modules(cls, conv: nn.Module, bn: nn.Module, mode: Union[str, Mode] = "train") -> ConvBN:
+        """A block around an existing convolution and BatchNorm (the same module objects, registered as
+        ``.conv`` and ``.bn``: parameters are shared, not copied; state_dict keys stay ``conv.*``/``bn.*``).
+
+        ``conv``: nn.Conv1d/2d/3d, a subclass keeping their forward, or timm's Conv2dSame. ``bn``: any
+        BatchNorm with BatchNorm's or SyncBatchNorm's forward, torchvision's FrozenBatchNorm2d, timm's
+        BatchNormAct2d / SyncBatchNormAct / FrozenBatchNormAct2d (of which the block computes only the
+        normalisation). Anything else raises TypeError (ValueError for a channel mismatch or a mode the
+        pair cannot serve) with :func:`convbn_unsupported_reason`'s reason.
+        """
+        if isinstance(conv, nn.Linear):
+            raise TypeError(
+                "ConvBN.from_modules needs a convolution; use LinearBN.from_modules for nn.Linear"
+            )
+        return cls._wrap(conv, bn, mode)
 
     def _padding_pairs(self) -> Optional[Tuple[int, ...]]:
         """F.pad-style pads (last dimension first) when padding is not a symmetric int per side."""
@@ -369,17 +424,18 @@ class ConvBN(ConvBNBase):
                 pads += [p, p]
         return tuple(pads)
 
-    def _prepare_input(self, x: Tensor) -> Tensor:
-        pads = self._padding_pairs()
-        if pads is None or not any(pads):
-            return x
-        mode = "constant" if self.conv.padding_mode == "zeros" else self.conv.padding_mode
-        return F.pad(x, pads, mode=mode)
-
-    def _op_spec(self) -> OpSpec:
+    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
         conv = self.conv
-        padding = _padding_ints(conv) if self._padding_pairs() is None else (0,) * len(conv.kernel_size)
-        return OpSpec("conv", conv.stride, padding, conv.dilation, conv.groups)
+        if is_tf_same_conv(conv):
+            pads, pad_mode = tf_same_pads(conv, x), "constant"
+        else:
+            pads = self._padding_pairs()
+            if pads is None:  # what the convolution pads itself
+                return x, OpSpec("conv", conv.stride, conv.padding, conv.dilation, conv.groups)
+            pad_mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        if any(pads):
+            x = F.pad(x, pads, mode=pad_mode)
+        return x, OpSpec("conv", conv.stride, (0,) * len(conv.kernel_size), conv.dilation, conv.groups)
 
 
 def _padding_ints(conv: nn.modules.conv._ConvNd) -> Tuple[int, ...]:
@@ -388,19 +444,12 @@ def _padding_ints(conv: nn.modules.conv._ConvNd) -> Tuple[int, ...]:
     return tuple(conv.padding)
 
 
-def _check_bn(bn: nn.Module, channels: int, op_name: str) -> None:
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-        raise TypeError(f"expected a BatchNorm layer after the {op_name}, got {type(bn).__name__}")
-    if bn.num_features != channels:
-        raise ValueError(
-            f"BatchNorm has {bn.num_features} features but the {op_name} produces {channels} channels"
-        )
-
-
 class LinearBN(ConvBNBase):
-    """Linear layer followed by BatchNorm1d on 2-D input ([N, features]), with the four modes.
+    """Linear layer followed by BatchNorm1d, with the four modes.
 
-    Used for classifier bottlenecks. Arguments as for ``nn.Linear`` and ``nn.BatchNorm1d``.
+    Input ``[N, features]``, or ``[..., features]`` normalised as the flattened ``[M, features]`` view
+    (as timm's LeViT applies BatchNorm1d after a Linear). Used for classifier bottlenecks. Arguments as
+    for ``nn.Linear`` and ``nn.BatchNorm1d``.
     """
 
     op_attr = "linear"
@@ -432,24 +481,43 @@ class LinearBN(ConvBNBase):
         super().__init__(linear, bn, mode)
 
     @classmethod
-    def from_modules(
-        cls, linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode] = "train"
-    ) -> LinearBN:
-        """Wrap an existing Linear and BatchNorm1d (their parameters are shared, not copied)."""
+    def from_modules(cls, linear: nn.Module, bn: nn.Module, mode: Union[str, Mode] = "train") -> LinearBN:
+        """A block around an existing nn.Linear and BatchNorm1d (or SyncBatchNorm), the same module objects
+        as ``.linear`` and ``.bn``; TypeError/ValueError with the reason for pairs it cannot compute."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"LinearBN.from_modules needs an nn.Linear, got {type(linear).__name__}")
-        _check_bn(bn, linear.out_features, "Linear")
-        block = cls.__new__(cls)
-        ConvBNBase.__init__(block, linear, bn, mode)
-        return block
+        return cls._wrap(linear, bn, mode)
 
-    def _op_spec(self) -> OpSpec:
-        return LINEAR
+    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
+        return x, LINEAR
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 2:
+    def forward(self, input: Tensor) -> Tensor:
+        features = self.linear.in_features
+        if input.dim() == 2 and input.shape[1] == features:
+            return super().forward(input)
+        if input.dim() == 0 or input.shape[-1] != features:
             raise ValueError(
-                f"LinearBN expects input of shape [batch, {self.linear.in_features}], got {tuple(x.shape)}; "
-                "flatten the features first"
+                f"LinearBN expects input of shape [..., {features}] (features last), got {tuple(input.shape)}"
             )
-        return super().forward(x)
+        # BatchNorm1d over the last dimension: the [M, features] view, as timm's LeViT normalises
+        out = super().forward(input.reshape(-1, features))
+        return out.reshape(input.shape[:-1] + (out.shape[-1],))
+
+
+def convbn_unsupported_reason(
+    op: nn.Module, bn: nn.Module, modes: Sequence[Union[str, Mode]] = MODE_CHOICES
+) -> Optional[str]:
+    """None if ``op`` followed by ``bn`` can become a block (``ConvBN.from_modules`` for a convolution,
+    ``LinearBN.from_modules`` for nn.Linear) that computes right in each of ``modes``; otherwise a
+    one-line reason, e.g. "StdConv2d (timm.layers.std_conv) has its own forward, ..." or "... BatchNorm
+    has none (track_running_stats=False) ...". Mode reasons come from hooks the mode would skip, missing
+    running statistics, and (deploy) weights produced by a parametrization or a pre-hook."""
+    problem = pair_problem(op, bn)
+    if problem is not None:
+        return problem[1]
+    name = "LinearBN" if isinstance(op, nn.Linear) else "ConvBN"
+    for mode in modes:
+        reason = mode_problem(op, bn, Mode.parse(mode).value, name)
+        if reason is not None:
+            return reason
+    return None
