@@ -36,6 +36,7 @@ __all__ = [
     "validate",
     "peak_memory_gb",
     "reset_peak_memory",
+    "amp_dtype",
     "autocast_context",
     "convert_sync_batchnorm",
 ]
@@ -85,6 +86,14 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     Eval, Tune and Deploy use the running statistics and never synchronise.
     """
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def amp_dtype(amp: str) -> Optional[torch.dtype]:
+    """The autocast dtype of a mixed-precision choice: "none" (None), "fp16" or "bf16"."""
+    choices = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if amp not in choices:
+        raise ValueError(f"amp must be one of {', '.join(choices)}, got {amp!r}")
+    return choices[amp]
 
 
 def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]) -> Any:

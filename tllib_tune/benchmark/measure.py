@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import ConvBN, Mode, set_mode
+from ..engine import amp_dtype
 from ..models import get_model
 from ..utils.feature_maps import batch_statistics_problem
 from ..utils.memory import SavedTensorMeter
@@ -176,7 +177,7 @@ class IterationBenchmark:
                 model.to(memory_format=torch.channels_last)
             self.optimizers[key] = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.amp]
+        self.amp_dtype = amp_dtype(settings.amp)
 
     def batch_statistics_problem(
         self,

@@ -30,7 +30,6 @@ __all__ = [
     "DataSplits",
     "seed_everything",
     "setup_device",
-    "amp_dtype",
     "build_datasets",
     "build_model",
     "apply_mode",
@@ -82,11 +81,6 @@ def setup_device(config: FinetuneConfig, env: ProcessEnv) -> torch.device:
     if env.distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return device
-
-
-def amp_dtype(amp: str) -> Optional[torch.dtype]:
-    """The autocast dtype of `amp` ("none", "fp16", "bf16")."""
-    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
 
 
 @dataclass

@@ -13,8 +13,14 @@ from typing import Any, Dict, List, Mapping, Optional
 
 __all__ = ["TrainResult", "EvalResult", "EpochResult", "summarize"]
 
-#: The per-iteration measurements of an epoch, in metrics.jsonl's order.
-PERF_KEYS = ("iter_time_s", "data_time_s", "images_per_s", "activations_mb", "peak_gb")
+#: The per-iteration measurements of an epoch (in metrics.jsonl's order) and their TensorBoard tags.
+PERF_TAGS = {
+    "iter_time_s": "perf/iter_time_s",
+    "data_time_s": "perf/data_time_s",
+    "images_per_s": "perf/images_per_s",
+    "activations_mb": "memory/activations_mb",
+    "peak_gb": "memory/peak_gb",
+}
 
 
 @dataclass
@@ -110,22 +116,14 @@ class EpochResult:
             "train_acc1": train.acc1,
             f"{self.val_name}_loss": self.val.loss,
             f"{self.val_name}_acc1": self.val.acc1,
-            **{k: getattr(train, k) for k in PERF_KEYS},
+            **{k: getattr(train, k) for k in PERF_TAGS},
             "iterations": float(train.iterations),  # a float, as in the files of earlier runs
         }
 
     def scalars(self) -> Dict[str, float]:
         """The TensorBoard scalars logged at the epoch's last step."""
-        train = self.train
-        return {
-            "perf/iter_time_s": train.iter_time_s,
-            "perf/data_time_s": train.data_time_s,
-            "perf/images_per_s": train.images_per_s,
-            "memory/activations_mb": train.activations_mb,
-            "memory/peak_gb": train.peak_gb,
-            "val/loss": self.val.loss,
-            "val/acc1": self.val.acc1,
-        }
+        scalars = {tag: getattr(self.train, key) for key, tag in PERF_TAGS.items()}
+        return {**scalars, "val/loss": self.val.loss, "val/acc1": self.val.acc1}
 
     def line(self, epochs: int) -> str:
         """The console line, "epoch 2/5 [tune] lr ... train loss ... test acc1 ..."."""
@@ -149,9 +147,7 @@ def _peak(key: str, rows: List[Mapping[str, Any]]) -> Optional[float]:
 
 
 def _figures(rows: List[Mapping[str, Any]]) -> Dict[str, Optional[float]]:
-    figures = {k: _weighted(k, rows) for k in ("iter_time_s", "data_time_s", "images_per_s")}
-    figures.update({k: _peak(k, rows) for k in ("activations_mb", "peak_gb")})
-    return figures
+    return {k: (_peak if k in ("activations_mb", "peak_gb") else _weighted)(k, rows) for k in PERF_TAGS}
 
 
 def summarize(records: List[Mapping[str, Any]]) -> Dict[str, Any]:

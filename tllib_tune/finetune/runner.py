@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from ..engine import (
     DataLoadingError,
     NonFiniteLossError,
+    amp_dtype,
     build_optimizer,
     convert_sync_batchnorm,
     train_one_epoch,
@@ -40,7 +41,6 @@ from ..utils.feature_maps import batch_statistics_problem
 from ..utils.signals import StopFlag
 from .build import (
     DataSplits,
-    amp_dtype,
     apply_mode,
     build_datasets,
     build_model,
