@@ -1,4 +1,4 @@
-"""``python -m tllib_tune COMMAND ...``: the same as the ``tllib-tune`` console script (see tllib_tune.cli)."""
+"""``python -m tllib_tune COMMAND ...``: the same as the ``tllib-tune`` console script (tllib_tune.cli)."""
 
 import sys
 
