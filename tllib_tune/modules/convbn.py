@@ -25,7 +25,15 @@ from torch import Tensor, nn
 from .autocast import autocast_dtype, autocast_off
 from .fold import as_dtype, bn_scale, bn_transform, fold_bn, fold_dtype, unfold_bn, unfold_bn_beta
 from .ops import LINEAR, OpSpec, op_forward
-from .support import hook_kinds, is_tf_same_conv, mode_problem, normalization_only, pair_problem, tf_same_pads
+from .support import (
+    deploy_problem,
+    hook_kinds,
+    is_tf_same_conv,
+    mode_problem,
+    normalization_only,
+    pair_problem,
+    tf_same_pads,
+)
 from .tune import TuneFunction, choose_strategy, tune_forward
 
 __all__ = [
@@ -83,6 +91,8 @@ class ConvBNBase(nn.Module):
     #: Where tune mode applies the BatchNorm scale: "auto" (per call, see :func:`choose_strategy`),
     #: "weight" or "output". All three compute the same function with the same activation memory.
     tune_strategy: str = "auto"
+    #: In deploy, the (weight, bias slot) values folded over, kept for an exact unfold (see _fold_).
+    _canonical: Optional[Tuple[Tensor, Optional[Tensor]]] = None
 
     def __init__(self, op: nn.Module, bn: nn.Module, mode: Union[str, Mode]) -> None:
         super().__init__()
@@ -124,6 +134,10 @@ class ConvBNBase(nn.Module):
         self._refuse(new)
         if new is self._mode:
             return
+        if self._mode is Mode.DEPLOY:  # a parametrization or weight_norm added while folded
+            reason = deploy_problem(self.op, self.bn, type(self).__name__)
+            if reason is not None:
+                raise ValueError(reason)
         with torch.no_grad():
             if self._mode is Mode.DEPLOY:
                 self._unfold_()
@@ -160,7 +174,8 @@ class ConvBNBase(nn.Module):
 
     def _fold_(self) -> None:
         """Write the fold into the parameters in place (entering deploy): W' into the operator's weight,
-        b' into BatchNorm's beta, or into the operator's bias for a BatchNorm without affine."""
+        b' into BatchNorm's beta, or into the operator's bias for a BatchNorm without affine. The values
+        they held are kept (on the CPU) so that leaving deploy restores them exactly."""
         weight, bias = self.op.weight, self.op.bias
         gamma, beta, mean, var, eps = self._bn_tensors()
         scale = bn_scale(gamma, var, eps, fold_dtype(weight.dtype))
@@ -171,17 +186,48 @@ class ConvBNBase(nn.Module):
                 f"output channels {zero[:10]}; the fold could not be undone. Use tune mode instead."
             )
         folded_w, folded_b = fold_bn(weight, bias, gamma, beta, mean, var, eps)
-        if beta is not None:
-            beta.copy_(folded_b)
-        elif bias is not None:
-            bias.copy_(folded_b)
+        slot = self._bias_slot()
+        self._canonical = (_keep(weight), None if slot is None else _keep(slot))
+        if slot is not None:
+            slot.copy_(folded_b)
         weight.copy_(folded_w)
 
+    def _bias_slot(self) -> Optional[Tensor]:
+        """Where deploy stores the folded bias: BatchNorm's beta, else the operator's bias (or nowhere)."""
+        return self.bn.bias if self.bn.bias is not None else self.op.bias
+
+    def _kept_canonical(self) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """The (W, bias slot) kept when deploy was entered, on the parameters' device, if the parameters
+        still hold exactly their fold (not trained or changed since, same statistics); else None."""
+        kept = self._canonical
+        weight, slot = self.op.weight, self._bias_slot()
+        if kept is None or (kept[1] is None) != (slot is None):
+            return None
+        kept_w, kept_slot = (None if t is None else t.to(weight.device) for t in kept)
+        if kept_w.dtype != weight.dtype or kept_w.shape != weight.shape:
+            return None
+        gamma, beta, mean, var, eps = self._bn_tensors()
+        if beta is not None:
+            folded_w, folded_b = fold_bn(kept_w, self.op.bias, gamma, kept_slot, mean, var, eps)
+        else:
+            folded_w, folded_b = fold_bn(kept_w, kept_slot, gamma, None, mean, var, eps)
+        if not torch.equal(folded_w.to(weight.dtype), weight):
+            return None
+        if slot is not None and (
+            kept_slot.dtype != slot.dtype or not torch.equal(folded_b.to(slot.dtype), slot)
+        ):
+            return None
+        return kept_w, kept_slot
+
     def _unfolded(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """(W, b, beta) recovered from deploy's folded parameters, the block's one unfold: new tensors in
-        the parameters' dtypes where folded into, the stored tensor where not (b beside beta)."""
+        """(W, b, beta) of deploy's folded parameters, the block's one unfold: the values kept on entering
+        deploy where the parameters still hold their fold, else the inverse of the fold (:func:`unfold_bn`,
+        :func:`unfold_bn_beta`); new tensors where folded into, the stored tensor where not."""
         weight, bias = self.op.weight, self.op.bias
         gamma, beta, mean, var, eps = self._bn_tensors()
+        kept = self._kept_canonical()
+        if kept is not None:
+            return (kept[0], bias, kept[1]) if beta is not None else (kept[0], kept[1], None)
         if beta is not None:  # b' lives in beta's place
             unfolded_w, _ = unfold_bn(weight, None, gamma, None, mean, var, eps)
             unfolded_beta = unfold_bn_beta(beta, bias, gamma, mean, var, eps).to(beta.dtype)
@@ -197,6 +243,7 @@ class ConvBNBase(nn.Module):
             self.bn.bias.copy_(beta)
         elif self.op.bias is not None:
             self.op.bias.copy_(bias)
+        self._canonical = None
 
     def _deploy_bias(self) -> Optional[Tensor]:
         """The bias deploy runs the operator with: the stored b' (or, with neither BatchNorm affine nor an
@@ -262,7 +309,8 @@ class ConvBNBase(nn.Module):
         x, spec = self._geometry(input)
         if mode is Mode.TUNE:
             return self._tune(x, spec)
-        return op_forward(spec, x, op.weight, self._deploy_bias())
+        weight = op.weight  # the folded bias may be kept in BatchNorm's own dtype (a float32 BN after bf16)
+        return op_forward(spec, x, weight, as_dtype(self._deploy_bias(), weight.dtype))
 
     def _normalize_train(self, y: Tensor) -> Tensor:
         """Train mode's BatchNorm: the module itself, or only its normalisation (timm BatchNormAct2d)."""
@@ -306,6 +354,12 @@ class ConvBNBase(nn.Module):
         # nothing to differentiate: the same computation without the autograd function
         with autocast_off(x):
             return tune_forward(as_dtype(x, compute_dtype), *tensors[1:], bn.eps, spec, strategy)
+
+
+def _keep(t: Tensor) -> Tensor:
+    """A copy of ``t`` off the accelerator (deploy keeps the canonical values there, costing no device
+    memory); meta tensors stay meta."""
+    return t.detach().clone() if t.device.type in ("cpu", "meta") else t.detach().to("cpu")
 
 
 def _refold_after_load(module: ConvBNBase, incompatible_keys: Any) -> None:
