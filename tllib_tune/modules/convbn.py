@@ -118,8 +118,8 @@ class ConvBNBase(nn.Module):
     def op(self) -> nn.Module:
         return getattr(self, self.op_attr)
 
-    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:  # pragma: no cover - overridden
-        """(input padded as the operator's own forward pads it, the spec of the operator call left)."""
+    def _geometry(self, op: nn.Module, x: Tensor) -> Tuple[Tensor, OpSpec]:  # pragma: no cover
+        """(input padded as the operator ``op`` pads it in its own forward, the spec of the call left)."""
         raise NotImplementedError
 
     # --- mode ---------------------------------------------------------------------------------
@@ -150,10 +150,6 @@ class ConvBNBase(nn.Module):
         reason = mode_problem(self.op, self.bn, mode.value, type(self).__name__)
         if reason is not None:
             raise ValueError(reason)
-
-    def _check_running_stats(self, mode: Mode) -> None:
-        if self.bn.running_var is None or self.bn.running_mean is None:
-            self._refuse(mode)
 
     def extra_repr(self) -> str:
         return f"mode={self._mode.value}"
@@ -245,19 +241,13 @@ class ConvBNBase(nn.Module):
             self.op.bias.copy_(bias)
         self._canonical = None
 
-    def _deploy_bias(self) -> Optional[Tensor]:
-        """The bias deploy runs the operator with: the stored b' (or, with neither BatchNorm affine nor an
-        operator bias, the fold of a zero bias, computed per call)."""
-        if self.bn.bias is not None:
-            return self.bn.bias
-        if self.op.bias is not None:
-            return self.op.bias
+    def _folded_zero_bias(self) -> Tensor:
+        """Deploy's bias where there is no slot to store b' (neither BatchNorm affine nor an operator
+        bias): the fold of a zero bias, -mean / sqrt(var + eps), computed per call."""
         with torch.no_grad():
-            weight = self.op.weight
+            weight, bn = self.op.weight, self.bn
             zeros = torch.zeros(weight.shape[0], dtype=fold_dtype(weight.dtype), device=weight.device)
-            bn = self.bn
-            folded_b = bn_transform(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
-            return folded_b.to(weight.dtype)
+            return bn_transform(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
 
     def _canonical_tensors(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """(W, b, gamma, beta) as eval mode sees them, unfolded if the block is in deploy."""
@@ -294,23 +284,27 @@ class ConvBNBase(nn.Module):
         mode = self._mode
         if mode is Mode.TRAIN:
             return self._normalize_train(self.op(input))
-        self._check_running_stats(mode)
+        # every module attribute read costs a Python __getattr__: read each once (53 blocks a step)
         op, bn = self.op, self.bn
-        if bn._forward_pre_hooks or bn._forward_hooks or bn._backward_hooks or bn._backward_pre_hooks:
+        mean, var = bn.running_mean, bn.running_var
+        if mean is None or var is None or _has_hooks(bn):
             self._refuse(mode)
         if mode is Mode.EVAL:
-            return F.batch_norm(
-                op(input), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
-            )
+            return F.batch_norm(op(input), mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
         if op._forward_hooks or op._backward_hooks or op._backward_pre_hooks:
             self._refuse(mode)
         if op._forward_pre_hooks:  # weight_norm / spectral_norm recompute the weight here
             input = self._run_pre_hooks(input, mode)
-        x, spec = self._geometry(input)
+        x, spec = self._geometry(op, input)
+        weight, gamma, beta = op.weight, bn.weight, bn.bias
         if mode is Mode.TUNE:
-            return self._tune(x, spec)
-        weight = op.weight  # the folded bias may be kept in BatchNorm's own dtype (a float32 BN after bf16)
-        return op_forward(spec, x, weight, as_dtype(self._deploy_bias(), weight.dtype))
+            tensors = (x, weight, op.bias, gamma, beta, mean, var)
+            return _tune(tensors, bn.eps, spec, self.tune_strategy)
+        bias = beta if beta is not None else op.bias
+        if bias is None:
+            bias = self._folded_zero_bias()
+        # the folded bias may be kept in BatchNorm's own dtype (a float32 BatchNorm after a bfloat16 conv)
+        return op_forward(spec, x, weight, as_dtype(bias, weight.dtype))
 
     def _normalize_train(self, y: Tensor) -> Tensor:
         """Train mode's BatchNorm: the module itself, or only its normalisation (timm BatchNormAct2d)."""
@@ -340,20 +334,28 @@ class ConvBNBase(nn.Module):
             self._refuse(mode)  # a hook that replaced the weight since deploy was entered
         return args[0] if args else kwargs["input"]
 
-    def _tune(self, x: Tensor, spec: OpSpec) -> Tensor:
-        """Tune's forward: the autograd function where something needs a gradient, else its computation."""
-        op, bn = self.op, self.bn
-        weight = op.weight
-        compute_dtype = autocast_dtype(x)
-        strategy = choose_strategy(spec, x, weight, compute_dtype, self.tune_strategy)
-        if strategy == "output" and bn.running_var.dtype != weight.dtype:
-            strategy = "weight"
-        tensors = (x, weight, op.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:5]):
-            return TuneFunction.apply(*tensors, bn.eps, spec, compute_dtype, strategy)
-        # nothing to differentiate: the same computation without the autograd function
-        with autocast_off(x):
-            return tune_forward(as_dtype(x, compute_dtype), *tensors[1:], bn.eps, spec, strategy)
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_pre_hooks
+        or module._forward_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
+
+
+def _tune(tensors: Tuple[Any, ...], eps: float, spec: OpSpec, requested: str) -> Tensor:
+    """Tune's forward of (x, W, b, gamma, beta, running_mean, running_var): the autograd function where
+    something needs a gradient, else the same computation without it."""
+    x, weight, running_var = tensors[0], tensors[1], tensors[6]
+    compute_dtype = autocast_dtype(x)
+    strategy = choose_strategy(spec, x, weight, compute_dtype, requested)
+    if strategy == "output" and running_var.dtype != weight.dtype:
+        strategy = "weight"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:5]):
+        return TuneFunction.apply(*tensors, eps, spec, compute_dtype, strategy)
+    with autocast_off(x):
+        return tune_forward(as_dtype(x, compute_dtype), *tensors[1:], eps, spec, strategy)
 
 
 def _keep(t: Tensor) -> Tensor:
@@ -464,32 +466,31 @@ class ConvBN(ConvBNBase):
             )
         return cls._wrap(conv, bn, mode)
 
-    def _padding_pairs(self) -> Optional[Tuple[int, ...]]:
-        """F.pad-style pads (last dimension first) when padding is not a symmetric int per side."""
-        conv = self.conv
-        if not isinstance(conv.padding, str) and conv.padding_mode == "zeros":
-            return None
-        pads = []
-        for k, d, p in reversed(list(zip(conv.kernel_size, conv.dilation, _padding_ints(conv)))):
-            if conv.padding == "same":
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            else:
-                pads += [p, p]
-        return tuple(pads)
-
-    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
-        conv = self.conv
+    def _geometry(self, conv: nn.Module, x: Tensor) -> Tuple[Tensor, OpSpec]:
         if is_tf_same_conv(conv):
             pads, pad_mode = tf_same_pads(conv, x), "constant"
         else:
-            pads = self._padding_pairs()
+            pads = _padding_pairs(conv)
             if pads is None:  # what the convolution pads itself
                 return x, OpSpec("conv", conv.stride, conv.padding, conv.dilation, conv.groups)
             pad_mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
         if any(pads):
             x = F.pad(x, pads, mode=pad_mode)
         return x, OpSpec("conv", conv.stride, (0,) * len(conv.kernel_size), conv.dilation, conv.groups)
+
+
+def _padding_pairs(conv: nn.Module) -> Optional[Tuple[int, ...]]:
+    """F.pad-style pads (last dimension first) when padding is not a symmetric int per side."""
+    if not isinstance(conv.padding, str) and conv.padding_mode == "zeros":
+        return None
+    pads = []
+    for k, d, p in reversed(list(zip(conv.kernel_size, conv.dilation, _padding_ints(conv)))):
+        if conv.padding == "same":
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        else:
+            pads += [p, p]
+    return tuple(pads)
 
 
 def _padding_ints(conv: nn.modules.conv._ConvNd) -> Tuple[int, ...]:
@@ -542,13 +543,13 @@ class LinearBN(ConvBNBase):
             raise TypeError(f"LinearBN.from_modules needs an nn.Linear, got {type(linear).__name__}")
         return cls._wrap(linear, bn, mode)
 
-    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
+    def _geometry(self, op: nn.Module, x: Tensor) -> Tuple[Tensor, OpSpec]:
         return x, LINEAR
 
     def forward(self, input: Tensor) -> Tensor:
-        features = self.linear.in_features
-        if input.dim() == 2 and input.shape[1] == features:
+        if input.dim() == 2:  # [N, features]; other widths fail in F.linear as for nn.Linear
             return super().forward(input)
+        features = self.linear.in_features
         if input.dim() == 0 or input.shape[-1] != features:
             raise ValueError(
                 f"LinearBN expects input of shape [..., {features}] (features last), got {tuple(input.shape)}"
