@@ -76,6 +76,8 @@ class Mode(str, Enum):
 MODE_CHOICES: Tuple[str, ...] = tuple(m.value for m in Mode)
 
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+#: BatchNorms that train mode calls as they are without asking (the common case, on the hot path).
+_PLAIN_BATCHNORMS = frozenset(_BN_TYPES.values()) | {nn.SyncBatchNorm}
 _CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -282,10 +284,12 @@ class ConvBNBase(nn.Module):
     # --- forward ------------------------------------------------------------------------------
     def forward(self, input: Tensor) -> Tensor:
         mode = self._mode
-        if mode is Mode.TRAIN:
-            return self._normalize_train(self.op(input))
         # every module attribute read costs a Python __getattr__: read each once (53 blocks a step)
         op, bn = self.op, self.bn
+        if mode is Mode.TRAIN:
+            if type(bn) in _PLAIN_BATCHNORMS:
+                return bn(op(input))
+            return self._normalize_train(bn, op(input))
         mean, var = bn.running_mean, bn.running_var
         if mean is None or var is None or _has_hooks(bn):
             self._refuse(mode)
@@ -306,14 +310,14 @@ class ConvBNBase(nn.Module):
         # the folded bias may be kept in BatchNorm's own dtype (a float32 BatchNorm after a bfloat16 conv)
         return op_forward(spec, x, weight, as_dtype(bias, weight.dtype))
 
-    def _normalize_train(self, y: Tensor) -> Tensor:
+    def _normalize_train(self, bn: nn.Module, y: Tensor) -> Tensor:
         """Train mode's BatchNorm: the module itself, or only its normalisation (timm BatchNormAct2d)."""
-        normalize: Optional[Callable[[nn.Module, Tensor], Tensor]] = normalization_only(self.bn)
+        normalize: Optional[Callable[[nn.Module, Tensor], Tensor]] = normalization_only(bn)
         if normalize is None:
-            return self.bn(y)
-        if hook_kinds(self.bn):
+            return bn(y)
+        if hook_kinds(bn):
             self._refuse(Mode.TRAIN)
-        return normalize(self.bn, y)
+        return normalize(bn, y)
 
     def _run_pre_hooks(self, x: Tensor, mode: Mode) -> Tensor:
         """The operator's forward pre-hooks, as calling the operator would run them, for the input they
