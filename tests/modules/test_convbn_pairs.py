@@ -169,13 +169,27 @@ def test_frozen_batchnorm_stays_frozen(norm_kind):
         assert torch.equal(value, frozen[name]), name
 
 
-def test_train_mode_calls_the_batchnorm_module_but_only_normalises_batchnormact():
-    conv, bn, x = make_pair("timm_conv2d_same", "timm_batchnormact2d")
-    block = ConvBN.from_modules(conv, bn)
+@pytest.mark.parametrize("mode", ["train", "eval", "tune", "deploy"])
+def test_batchnormact_block_computes_only_the_normalisation(mode):
+    """The converter applies BatchNormAct2d's drop and activation after the block: the block must not."""
+    torch.manual_seed(0)
+    conv = timm_layers.Conv2dSame(4, 6, 3, stride=2).double()
+    bn = randomize_(
+        timm_layers.BatchNormAct2d(6, act_layer=nn.ReLU).double(), torch.Generator().manual_seed(0)
+    )
+    x = torch.randn(3, 4, 9, 8, dtype=torch.float64)
+    plain = nn.BatchNorm2d(6).double()  # the normalisation alone, with the same tensors
+    plain.load_state_dict(bn.state_dict())
+    plain.train(mode == "train")
+    with torch.no_grad():
+        expected = plain(conv(x))
+    block = ConvBN.from_modules(conv, bn, mode=mode)
     block.train()
-    out = block(x)
-    assert (out < 0).any()  # SiLU not applied: the block's output is the normalisation only
-    assert bn.num_batches_tracked.item() == 1
+    with torch.no_grad():
+        out = block(x)
+    assert (out < 0).any()  # no ReLU
+    assert rel_err(out, expected) < 1e-12
+    assert torch.equal(bn.running_mean, plain.running_mean)
 
 
 class _FlatLinearNorm(nn.Module):
@@ -285,3 +299,18 @@ def test_batchnorm_without_running_stats_is_train_only():
         with pytest.raises(ValueError, match="track_running_stats=False"):
             ConvBN.from_modules(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), mode=mode)
     assert block.mode is Mode.TRAIN
+
+
+@pytest.mark.parametrize("norm_kind", ["syncbatchnorm", "timm_syncbatchnormact"])
+def test_train_mode_runs_syncbatchnorms_own_forward(norm_kind, monkeypatch):
+    """Under DDP SyncBatchNorm's forward synchronises the batch statistics: train mode must run it. With
+    torch.distributed seemingly initialised, that forward insists on an accelerator input: proof it ran."""
+    conv, bn, x = make_pair("conv2d_subclass", norm_kind)
+    block = ConvBN.from_modules(conv, bn)
+    block.train()
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
+        block(x)
+    for mode in ("eval", "tune", "deploy"):  # running statistics: nothing to synchronise
+        block.mode = mode
+        block(x)

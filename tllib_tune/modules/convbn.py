@@ -9,8 +9,15 @@ With s = gamma / sqrt(running_var + eps) per output channel:
   every call inside :class:`TuneFunction`, which keeps only the input for backward and recomputes the
   folded weight there. Same function of the same parameters as eval, with deploy's activation memory.
 * deploy -- tune's fold is written into the parameters once, when the mode is entered; leaving deploy
-  unfolds them. ``state_dict()`` always holds the unfolded (canonical) values, so checkpoints are
-  interchangeable between modes.
+  restores them exactly (the values folded over are kept on the CPU) unless the folded parameters were
+  changed meanwhile, then it inverts the fold. ``state_dict()`` always holds the unfolded (canonical)
+  values, so checkpoints are interchangeable between modes.
+
+``from_modules`` wraps the layers of any model (what :mod:`.support` accepts, see
+:func:`convbn_unsupported_reason`). Hooks: the operator's forward pre-hooks run in every mode (so
+weight_norm / spectral_norm work in tune); a mode refuses, with the reason, hooks it would skip (the
+operator's forward and backward hooks in tune and deploy, BatchNorm's hooks outside train mode) and
+weights deploy cannot fold into (parametrizations, pre-hook-computed weights).
 """
 
 from __future__ import annotations
