@@ -1,7 +1,7 @@
 """Building blocks: ConvBN/LinearBN with switchable modes, the fold math, helpers that walk a model."""
 
 from .classifier import Classifier
-from .convbn import ConvBN, ConvBNBase, LinearBN, Mode, TuneFunction
+from .convbn import ConvBN, ConvBNBase, LinearBN, Mode, TuneFunction, convbn_unsupported_reason
 from .fold import bn_scale, fold_bn, unfold_bn, unfold_bn_beta
 from .inplace_abn import InPlaceABN, convert_to_inplace_abn
 from .modes import get_modes, iter_blocks, set_mode, using_mode
@@ -15,6 +15,7 @@ __all__ = [
     "LinearBN",
     "Mode",
     "TuneFunction",
+    "convbn_unsupported_reason",
     "bn_scale",
     "fold_bn",
     "unfold_bn",
