@@ -1,11 +1,10 @@
-"""Helpers for the convert_convbn tests: models on the meta device, an independent torch.fx count of the
-exclusive Conv -> BatchNorm pairs, and the float64 gradient comparison."""
+"""Helpers for the convert_convbn tests: an independent torch.fx count of the exclusive Conv -> BatchNorm
+pairs, and the float64 gradient comparison."""
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter, defaultdict
-from typing import Dict, Iterator, Optional, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -13,27 +12,6 @@ from torch import Tensor, nn
 from tests.conftest import rel_err
 from tllib_tune import set_mode
 from tllib_tune.modules.convert_probe import OP_TYPES, is_batchnorm
-
-
-@contextlib.contextmanager
-def on_meta() -> Iterator[None]:
-    """Build models whose parameters and buffers land on the meta device as they are registered (under
-    ``torch.device("meta")`` builders that compute with tensors fail, as torchvision's RegNet does)."""
-    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
-
-    def parameter(self, name, param):
-        if param is not None:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register_parameter(self, name, param)
-
-    def buffer(self, name, tensor, persistent=True):
-        register_buffer(self, name, None if tensor is None else tensor.to("meta"), persistent)
-
-    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
 
 
 class _LeafTracer(torch.fx.Tracer):

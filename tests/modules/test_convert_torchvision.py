@@ -13,8 +13,9 @@ from torch import nn
 
 from tests.conftest import randomize_all_bn_, rel_err
 from tests.models.conftest import _single_thread  # noqa: F401  (autouse: one thread per test)
-from tests.modules.conftest import assert_gradients_close, fx_exclusive_pairs, gradients, on_meta
+from tests.modules.conftest import assert_gradients_close, fx_exclusive_pairs, gradients
 from tllib_tune import convert_convbn, get_modes, set_mode
+from tllib_tune.modules.convert import init_on_meta
 from tllib_tune.modules.convert_probe import is_batchnorm
 from tllib_tune.utils.memory import activation_bytes
 
@@ -35,7 +36,7 @@ def _build(name: str, **kwargs) -> nn.Module:
 
 @pytest.mark.parametrize("name", ALL)
 def test_pairs_equal_the_fx_count_and_keys_stay(name):
-    with on_meta():
+    with init_on_meta():
         model = _build(name)
     norms = sum(is_batchnorm(m) for m in model.modules())
     expected = fx_exclusive_pairs(model) if norms else set()
@@ -51,7 +52,7 @@ def test_pairs_equal_the_fx_count_and_keys_stay(name):
 
 def test_fx_reference_sees_what_stays():
     """The reference is no copy of the probe: on DenseNet it leaves the BatchNorms after a concat."""
-    with on_meta():
+    with init_on_meta():
         model = _build("densenet121")
     pairs = fx_exclusive_pairs(model)
     assert len(pairs) == 59 and ("features.conv0", "features.norm0") in pairs
