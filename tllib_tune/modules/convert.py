@@ -236,7 +236,7 @@ def _analyse(model: nn.Module, example_input: Any, exclude: Exclude) -> _Analysi
             model.eval()
             probe, example_input = _probe(model, ops, norms, example_input)
         finally:
-            _restore_flags(flags)
+            _restore_flags(model, flags)
     plans = []
     for norm, name in norms.items():
         if norm in probe.left:
@@ -333,9 +333,12 @@ def default_example_inputs(model: nn.Module) -> List[Tensor]:
     return [torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for shape in shapes]
 
 
-def _restore_flags(flags: Dict[nn.Module, bool]) -> None:
-    for module, training in flags.items():
-        module.training = training
+def _restore_flags(model: nn.Module, flags: Dict[nn.Module, bool]) -> None:
+    """Each module's training flag back, set through its own ``train()`` (parents first) so that modules
+    that drop caches there do so (timm's LeViT caches attention biases in eval mode)."""
+    for module in model.modules():
+        if module in flags:
+            module.train(flags[module])
 
 
 # --- what may convert ---------------------------------------------------------------------------------
@@ -436,9 +439,9 @@ def _apply(model: nn.Module, plans: List[_Plan], flags: Dict[nn.Module, bool]) -
     for plan in plans:
         cls = LinearBN if isinstance(plan.op, nn.Linear) else ConvBN
         block = cls.from_modules(plan.op, plan.norm)
-        block.training = flags.get(plan.op, plan.op.training)
+        flags[block] = block.training = flags.get(plan.op, plan.op.training)
         placeholder = MovedBatchNorm(plan.norm, plan.op_name)
-        placeholder.training = flags.get(plan.norm, plan.norm.training)
+        flags[placeholder] = placeholder.training = flags.get(plan.norm, plan.norm.training)
         _set_module(model, plan.op_name, block)
         _set_module(model, plan.norm_name, placeholder)
         applied.plans.append(plan)
@@ -487,7 +490,7 @@ def _convert_verified(model: nn.Module, analysis: _Analysis) -> str:
             raise RuntimeError(_fault_message(model, analysis, reference, before, meta, problem, flags))
         return verified
     finally:
-        _restore_flags(flags)
+        _restore_flags(model, flags)
 
 
 def _check(
