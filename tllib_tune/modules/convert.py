@@ -22,16 +22,14 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import convbn as _convbn
-from .convbn import ConvBN, ConvBNBase, LinearBN
-from .convert_keys import LoadKeys, MovedBatchNorm, SaveKeys
+from .convbn import ConvBNBase
+from .convert_apply import Job, Plan, convert_and_verify, restore_flags
+from .convert_keys import MovedBatchNorm
 from .convert_probe import (
     OP_TYPES,
     Probe,
-    call_model,
     is_batchnorm,
-    map_tensors,
     run_probe,
-    tensors_in,
 )
 from .modes import _matches
 
@@ -47,9 +45,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Exclude = Union[None, str, Sequence[str]]
-
-# Relative tolerance of the tune-mode check (norm-wise, per output), by dtype; other dtypes are not checked.
-_TUNE_RTOL = {torch.float32: 1e-3, torch.float64: 1e-9}
 
 
 @dataclass
@@ -111,20 +106,9 @@ class ConversionReport:
 
 
 @dataclass
-class _Plan:
-    op_name: str
-    norm_name: str
-    op: nn.Module
-    norm: nn.Module
-    flattened: bool
-
-
-@dataclass
 class _Analysis:
-    plans: List[_Plan]
+    job: Job
     report: ConversionReport
-    probe: Probe
-    example_input: Any
 
 
 def inspect_convbn(
@@ -178,8 +162,8 @@ def convert_convbn(
             f"convert_convbn(strict=True): {len(report.left)} BatchNorm(s) of {type(model).__name__} would "
             f"stay unconverted ({lines}); the model is unchanged. Use strict=False to convert the rest."
         )
-    if analysis.plans:
-        report.verified = _convert_verified(model, analysis)
+    if analysis.job.plans:
+        report.verified = convert_and_verify(model, analysis.job)
     if verbose:
         print(report.summary())
         logger.info("%s", report.summary())
@@ -236,7 +220,7 @@ def _analyse(model: nn.Module, example_input: Any, exclude: Exclude) -> _Analysi
             model.eval()
             probe, example_input = _probe(model, ops, norms, example_input)
         finally:
-            _restore_flags(model, flags)
+            restore_flags(model, flags)
     plans = []
     for norm, name in norms.items():
         if norm in probe.left:
@@ -246,14 +230,14 @@ def _analyse(model: nn.Module, example_input: Any, exclude: Exclude) -> _Analysi
         if norm not in probe.pairs:
             continue
         pairing = probe.pairs[norm]
-        plan = _Plan(ops[pairing.op], name, pairing.op, norm, pairing.flattened)
+        plan = Plan(ops[pairing.op], name, pairing.op, norm, pairing.flattened)
         problem = _pair_problem(plan, slots, patterns)
         if problem:
             report.left.append(LeftBatchNorm(name, problem, plan.op_name))
         else:
             plans.append(plan)
             report.converted.append((plan.op_name, name))
-    return _Analysis(plans, report, probe, example_input)
+    return _Analysis(Job(plans, probe, example_input), report)
 
 
 def _collect(model: nn.Module) -> Tuple[Dict[nn.Module, str], Dict[nn.Module, str], int, Dict[int, int]]:
@@ -333,16 +317,8 @@ def default_example_inputs(model: nn.Module) -> List[Tensor]:
     return [torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for shape in shapes]
 
 
-def _restore_flags(model: nn.Module, flags: Dict[nn.Module, bool]) -> None:
-    """Each module's training flag back, set through its own ``train()`` (parents first) so that modules
-    that drop caches there do so (timm's LeViT caches attention biases in eval mode)."""
-    for module in model.modules():
-        if module in flags:
-            module.train(flags[module])
-
-
 # --- what may convert ---------------------------------------------------------------------------------
-def _pair_problem(plan: _Plan, slots: Dict[int, int], patterns: List[str]) -> Optional[str]:
+def _pair_problem(plan: Plan, slots: Dict[int, int], patterns: List[str]) -> Optional[str]:
     """Why the exclusive pair ``plan`` must stay as it is, or None."""
     op, norm = plan.op, plan.norm
     if patterns and (_matches(plan.op_name, patterns) or _matches(plan.norm_name, patterns)):
@@ -406,199 +382,3 @@ def _block_problem(op: nn.Module, norm: nn.Module, flattened: bool) -> Optional[
     if isinstance(op, nn.Linear) and type(norm) is not nn.BatchNorm1d:
         return f"a Linear feeds a {type(norm).__name__}; LinearBN needs BatchNorm1d"
     return None
-
-
-# --- conversion, checks, undo -------------------------------------------------------------------------
-@dataclass
-class _Applied:
-    plans: List[_Plan]
-    blocks: List[ConvBNBase]
-    placeholders: List[MovedBatchNorm]
-    handles: List[Any]
-
-
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, attr = path.rpartition(".")
-    model.get_submodule(parent)._modules[attr] = module
-
-
-def _common_parent(a: str, b: str) -> str:
-    """The path of the lowest module holding both paths ("" for the model itself)."""
-    pa, pb = a.split(".")[:-1], b.split(".")[:-1]
-    common = []
-    for x, y in zip(pa, pb):
-        if x != y:
-            break
-        common.append(x)
-    return ".".join(common)
-
-
-def _apply(model: nn.Module, plans: List[_Plan], flags: Dict[nn.Module, bool]) -> _Applied:
-    applied = _Applied([], [], [], [])
-    by_parent: Dict[str, List[Tuple[str, str, str]]] = defaultdict(list)
-    for plan in plans:
-        cls = LinearBN if isinstance(plan.op, nn.Linear) else ConvBN
-        block = cls.from_modules(plan.op, plan.norm)
-        flags[block] = block.training = flags.get(plan.op, plan.op.training)
-        placeholder = MovedBatchNorm(plan.norm, plan.op_name)
-        flags[placeholder] = placeholder.training = flags.get(plan.norm, plan.norm.training)
-        _set_module(model, plan.op_name, block)
-        _set_module(model, plan.norm_name, placeholder)
-        applied.plans.append(plan)
-        applied.blocks.append(block)
-        applied.placeholders.append(placeholder)
-        parent = _common_parent(plan.op_name, plan.norm_name)
-        cut = len(parent) + 1 if parent else 0
-        by_parent[parent].append((plan.op_name[cut:], plan.norm_name[cut:], cls.op_attr))
-    for parent, pairs in by_parent.items():
-        owner = model.get_submodule(parent)
-        applied.handles.append(owner.register_state_dict_post_hook(SaveKeys(pairs)))
-        applied.handles.append(owner.register_load_state_dict_pre_hook(LoadKeys(pairs)))
-    return applied
-
-
-def _undo(model: nn.Module, applied: _Applied) -> None:
-    for handle in applied.handles:
-        handle.remove()
-    for plan in reversed(applied.plans):
-        _set_module(model, plan.op_name, plan.op)
-        _set_module(model, plan.norm_name, plan.norm)
-
-
-def _run(model: nn.Module, example_input: Any) -> Any:
-    with torch.no_grad():
-        return call_model(model, map_tensors(example_input, lambda t: t.clone()))
-
-
-def _convert_verified(model: nn.Module, analysis: _Analysis) -> str:
-    """Convert ``analysis.plans`` and check the result; undo everything and raise if a check fails."""
-    example = analysis.example_input
-    meta = any(t.is_meta for t in tensors_in(example)) or any(p.is_meta for p in model.parameters())
-    flags = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        reference = None if meta else _run(model, example)
-        before = model.state_dict(keep_vars=True)
-        applied = _apply(model, analysis.plans, flags)
-        try:
-            problem, verified = _check(model, applied, analysis, reference, before, meta)
-        except BaseException:
-            _undo(model, applied)
-            raise
-        if problem is not None:
-            _undo(model, applied)
-            raise RuntimeError(_fault_message(model, analysis, reference, before, meta, problem, flags))
-        return verified
-    finally:
-        _restore_flags(model, flags)
-
-
-def _check(
-    model: nn.Module, applied: _Applied, analysis: _Analysis, reference: Any, before: Dict, meta: bool
-) -> Tuple[Optional[str], str]:
-    """(what differs, or None; how the model was verified)."""
-    after = model.state_dict(keep_vars=True)
-    if list(after) != list(before):
-        missing, extra = sorted(set(before) - set(after)), sorted(set(after) - set(before))
-        return f"state_dict keys change (missing {missing[:5]}, new {extra[:5]}, or reordered)", ""
-    changed = [
-        k for k in before if after[k] is not before[k] and (meta or not torch.equal(after[k], before[k]))
-    ]
-    if changed:
-        return f"state_dict values change: {changed[:5]}", ""
-    calls: Dict[nn.Module, int] = defaultdict(int)
-
-    def count(module: nn.Module, args: Any) -> None:
-        calls[module] += 1
-
-    handles = [m.register_forward_pre_hook(count) for m in applied.blocks + applied.placeholders]
-    try:
-        output = _run(model, analysis.example_input)
-    except Exception as exc:
-        return f"the converted model fails ({type(exc).__name__}: {exc})", ""
-    finally:
-        for handle in handles:
-            handle.remove()
-    for plan, block, placeholder in zip(applied.plans, applied.blocks, applied.placeholders):
-        if (
-            calls[block] != analysis.probe.op_calls[plan.op]
-            or calls[placeholder] != analysis.probe.norm_calls[plan.norm]
-        ):
-            return f"the model does not call the block at {plan.op_name} where it called the original", ""
-    if meta:
-        return None, "structure only (meta device: nothing is computed)"
-    if not _same_outputs(reference, output):
-        return "the outputs differ (blocks in mode 'train', model in eval mode)", ""
-    return _check_tune(model, applied.blocks, analysis.example_input, reference)
-
-
-def _same_outputs(expected: Any, actual: Any) -> bool:
-    a, b = list(tensors_in(expected)), list(tensors_in(actual))
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return False
-        if not torch.equal(x, y):
-            if not x.is_floating_point() or not bool(((x == y) | (x.isnan() & y.isnan())).all()):
-                return False
-    return True
-
-
-def _check_tune(
-    model: nn.Module, blocks: List[ConvBNBase], example: Any, reference: Any
-) -> Tuple[Optional[str], str]:
-    """Mode "tune" must agree within a float tolerance where outputs do not depend on values' order."""
-    expected = list(tensors_in(reference))
-    if not expected or any(t.dtype not in _TUNE_RTOL for t in expected):
-        return None, "bitwise in mode 'train' (tune not compared: non-float outputs)"
-    for block in blocks:
-        block.mode = "tune"
-    try:
-        actual = list(tensors_in(_run(model, example)))
-    finally:
-        for block in blocks:
-            block.mode = "train"
-    if [t.shape for t in actual] != [t.shape for t in expected]:
-        return None, "bitwise in mode 'train' (tune not compared: output shapes depend on values)"
-    for x, y in zip(expected, actual):
-        rtol = _TUNE_RTOL[x.dtype]
-        err = (y.double() - x.double()).norm() / x.double().norm().clamp_min(1e-30)
-        if not err <= rtol:
-            return f"mode 'tune' differs from eval by {float(err):.2e} (relative, tolerance {rtol:g})", ""
-    tol = max(_TUNE_RTOL[t.dtype] for t in expected)
-    return None, f"bitwise in mode 'train'; mode 'tune' within {tol:g}"
-
-
-def _fault_message(
-    model: nn.Module, analysis: _Analysis, reference: Any, before: Dict, meta: bool, problem: str, flags: Dict
-) -> str:
-    """Find the pairs at fault (one conversion at a time; only on failure) for the error message."""
-    name = type(model).__name__
-    if not meta and not _same_outputs(reference, _run(model, analysis.example_input)):
-        return (
-            f"convert_convbn: {name} gives different outputs on two identical eval-mode passes over the "
-            "example input, so the conversion cannot be verified; the model is unchanged. Make its eval-mode "
-            "forward deterministic (e.g. torch.use_deterministic_algorithms(True))."
-        )
-    faults = []
-    for plan in analysis.plans:
-        applied = _apply(model, [plan], flags)
-        try:
-            single, _ = _check(model, applied, analysis, reference, before, meta)
-        finally:
-            _undo(model, applied)
-        if single is not None:
-            faults.append((plan, single))
-    if not faults:
-        return (
-            f"convert_convbn: the converted {name} would not compute what the original does ({problem}), "
-            "though no pair fails alone; the model is restored unchanged. Convert part of it with exclude=."
-        )
-    where = "; ".join(f"{plan.op_name} -> {plan.norm_name} ({why})" for plan, why in faults[:10])
-    more = f" (+{len(faults) - 10} more)" if len(faults) > 10 else ""
-    names = [plan.op_name for plan, _ in faults]
-    return (
-        f"convert_convbn: the converted {name} would not compute what the original does ({problem}); the "
-        f"model is restored unchanged. Pairs at fault: {where}{more}. Leave them with exclude={names!r}."
-    )
