@@ -33,15 +33,27 @@ class _LeafTracer(torch.fx.Tracer):
         return leaf or super().is_leaf_module(m, qualname)
 
 
+def _shape_only(user: torch.fx.Node, src: torch.fx.Node) -> bool:
+    """True when ``user`` reads only ``src``'s shape (LeViT's ``.reshape_as(x)``), not its values."""
+    if user.op != "call_method":
+        return False
+    if user.target == "size":
+        return True
+    return user.target in ("reshape_as", "view_as") and user.args[0] is not src
+
+
 def _source(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> Optional[str]:
     """The op module whose output ``node`` (a BatchNorm call's argument) is, used nowhere else; a Linear's
-    output may pass through ``flatten(0, 1)`` (LeViT)."""
+    output may pass through ``flatten(0, 1)`` (LeViT), its shape read elsewhere."""
     if not isinstance(node, torch.fx.Node) or len(node.users) != 1:
         return None
     if node.op == "call_method" and node.target == "flatten" and tuple(node.args[1:]) == (0, 1):
         src = node.args[0]
-        ok = isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
-        return src.target if ok and isinstance(modules[src.target], nn.Linear) else None
+        if not isinstance(src, torch.fx.Node) or src.op != "call_module":
+            return None
+        others = [user for user in src.users if user is not node]
+        ok = isinstance(modules[src.target], nn.Linear) and all(_shape_only(u, src) for u in others)
+        return src.target if ok else None
     if node.op == "call_module" and isinstance(modules[node.target], OP_TYPES):
         return node.target
     return None

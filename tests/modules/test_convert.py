@@ -224,12 +224,12 @@ def _conv_bn(channels=3):
 @pytest.mark.parametrize(
     "decorate, expected",
     [
-        (lambda m: m[0].register_forward_hook(lambda *a: None), "its convolution has forward hooks"),
-        (lambda m: m[1].register_forward_pre_hook(lambda *a: None), "it has forward pre-hooks"),
-        (lambda m: m[0].register_full_backward_hook(lambda *a: None), "its convolution has backward hooks"),
-        (lambda m: nn.utils.spectral_norm(m[0]), "forward pre-hooks (torch.nn.utils.spectral_norm)"),
-        (lambda m: nn.utils.weight_norm(m[0]), "forward pre-hooks (torch.nn.utils.weight_norm)"),
-        (lambda m: nn.utils.parametrizations.weight_norm(m[0]), "parametrize"),
+        (lambda m: m[0].register_forward_hook(lambda *a: None), "its convolution has a forward hook,"),
+        (lambda m: m[1].register_forward_pre_hook(lambda *a: None), "it has a forward pre-hook,"),
+        (lambda m: m[0].register_full_backward_hook(lambda *a: None), "its convolution has a backward hook,"),
+        (lambda m: nn.utils.spectral_norm(m[0]), "has a forward pre-hook (torch.nn.utils.spectral_norm)"),
+        (lambda m: nn.utils.weight_norm(m[0]), "has a forward pre-hook (torch.nn.utils.weight_norm)"),
+        (lambda m: nn.utils.parametrizations.weight_norm(m[0]), "computed by a parametrization"),
     ],
     ids=["forward-hook", "bn-pre-hook", "backward-hook", "spectral_norm", "weight_norm", "parametrize"],
 )
@@ -258,9 +258,9 @@ def test_transposed_conv_linear_on_3d_and_flattened_linear_are_left():
             return y, self.lin3d_bn(self.lin3d(tokens[:, :2]))
 
     reasons = {i.name: i.reason for i in inspect_convbn(Odd(), _input(2, 3, 1, 1)).left}
-    assert "transposed (ConvTranspose2d)" in reasons["up_bn"]
+    assert "ConvTranspose2d (torch.nn.modules.conv) is a transposed convolution" in reasons["up_bn"]
     assert "dim 1 of a Linear's [N, L, C] output" in reasons["lin3d_bn"]
-    assert "LinearBN does not support" in reasons["seq_bn"]
+    assert "seq_bn" not in reasons  # LinearBN normalises a [..., C] output as BatchNorm1d did [N, C]
 
 
 def test_strict_raises_listing_what_is_left_and_changes_nothing():

@@ -19,10 +19,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from . import convbn as _convbn
-from .convbn import ConvBNBase
+from .convbn import ConvBNBase, convbn_unsupported_reason
 from .convert_apply import Job, Plan, convert_and_verify, restore_flags
 from .convert_keys import MovedBatchNorm
 from .convert_probe import (
@@ -32,6 +30,7 @@ from .convert_probe import (
     run_probe,
 )
 from .modes import _matches
+from .support import hook_kinds
 
 __all__ = [
     "convert_convbn",
@@ -319,7 +318,9 @@ def default_example_inputs(model: nn.Module) -> List[Tensor]:
 
 # --- what may convert ---------------------------------------------------------------------------------
 def _pair_problem(plan: Plan, slots: Dict[int, int], patterns: List[str]) -> Optional[str]:
-    """Why the exclusive pair ``plan`` must stay as it is, or None."""
+    """Why the exclusive pair ``plan`` must stay as it is, or None: excluded, no running statistics,
+    shared modules, any hook (a block cannot honour every hook in every mode), or what the block itself
+    cannot compute right in every mode (:func:`~.convbn.convbn_unsupported_reason`)."""
     op, norm = plan.op, plan.norm
     if patterns and (_matches(plan.op_name, patterns) or _matches(plan.norm_name, patterns)):
         return "excluded by exclude="
@@ -328,57 +329,19 @@ def _pair_problem(plan: Plan, slots: Dict[int, int], patterns: List[str]) -> Opt
     if slots[id(op)] > 1 or slots[id(norm)] > 1:
         return "it or its convolution is registered at several places in the model"
     for who, module in (("its convolution", op), ("it", norm)):
-        hooks = _hook_kinds(module)
-        if hooks:
-            return f"{who} has {hooks}, which the block would bypass in tune and deploy; remove them first"
-    return _block_problem(op, norm, plan.flattened)
+        kinds = hook_kinds(module)
+        if kinds:
+            origin = _hook_origin(module)
+            return (
+                f"{who} has a {kinds[0]}{origin}, which a block cannot honour in every mode; remove it first"
+            )
+    return convbn_unsupported_reason(op, norm)
 
 
-def _hook_kinds(module: nn.Module) -> str:
-    """The kinds of hooks ``module`` carries, e.g. "forward pre-hooks (torch.nn.utils.spectral_norm)"."""
-    kinds = []
-    for attr, kind in (
-        ("_forward_pre_hooks", "forward pre-hooks"),
-        ("_forward_hooks", "forward hooks"),
-        ("_backward_pre_hooks", "backward pre-hooks"),
-        ("_backward_hooks", "backward hooks"),
-    ):
-        hooks = list(getattr(module, attr, {}).values())
-        if hooks:
-            owners = sorted({_hook_origin(hook) for hook in hooks} - {""})
-            kinds.append(kind + (f" ({', '.join(owners)})" if owners else ""))
-    return " and ".join(kinds)
-
-
-def _hook_origin(hook: Any) -> str:
-    name = type(hook).__name__
-    return {"SpectralNorm": "torch.nn.utils.spectral_norm", "WeightNorm": "torch.nn.utils.weight_norm"}.get(
-        name, ""
+def _hook_origin(module: nn.Module) -> str:
+    """ " (torch.nn.utils.spectral_norm)" when a hook-based spectral_norm / weight_norm is on ``module``."""
+    names = {"SpectralNorm": "spectral_norm", "WeightNorm": "weight_norm"}
+    found = sorted(
+        {names[type(h).__name__] for h in module._forward_pre_hooks.values() if type(h).__name__ in names}
     )
-
-
-_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def _block_problem(op: nn.Module, norm: nn.Module, flattened: bool) -> Optional[str]:
-    """Why a ConvBN/LinearBN block cannot compute ``op`` -> ``norm`` in every mode, or None."""
-    if isinstance(op, nn.modules.conv._ConvNd) and op.transposed:
-        return f"its convolution is transposed ({type(op).__name__}), which ConvBN does not fold"
-    if parametrize.is_parametrized(op) or parametrize.is_parametrized(norm):
-        return "a weight is parametrized (torch.nn.utils.parametrize), which ConvBN does not support yet"
-    check = getattr(_convbn, "convbn_unsupported_reason", None)
-    if check is not None:
-        return check(op, norm)
-    if type(op) not in _PLAIN_CONVS + (nn.Linear,):
-        return f"its operator is a {type(op).__name__}, which ConvBN does not support yet"
-    if type(norm) not in _PLAIN_NORMS:
-        return f"it is a {type(norm).__name__}, which ConvBN does not support yet"
-    channels = op.out_features if isinstance(op, nn.Linear) else op.out_channels
-    if norm.num_features != channels:
-        return f"it has {norm.num_features} features but its operator produces {channels}"
-    if flattened:
-        return "it normalizes a Linear's [..., C] output flattened to [N, C], which LinearBN does not support"
-    if isinstance(op, nn.Linear) and type(norm) is not nn.BatchNorm1d:
-        return f"a Linear feeds a {type(norm).__name__}; LinearBN needs BatchNorm1d"
-    return None
+    return f" (torch.nn.utils.{', '.join(found)})" if found else ""

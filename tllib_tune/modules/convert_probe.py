@@ -237,7 +237,7 @@ def _call_source(
         return _Left(f"it follows {describe_node(node)}, not a convolution or Linear")
     if node.name() == "BackwardHookFunctionBackward":
         return _Left(
-            "its convolution has backward hooks, which the block would bypass; remove them first",
+            "its convolution has a backward hook, which a block cannot honour in every mode; remove it first",
             producer.module,
         )
     if node.name() in _VIEW_NODES and isinstance(producer.module, nn.Linear):
