@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from .support import normalization_only
+
 __all__ = ["MovedBatchNorm", "SaveKeys", "LoadKeys"]
 
 # (block path, BatchNorm path, block's operator attribute), relative to the hooked ancestor
@@ -40,6 +42,8 @@ class MovedBatchNorm(nn.Module):
         object.__setattr__(self, "_bn", bn)  # a reference, not a child: no duplicate state or modules
         self.block = block
         self.training = bn.training
+        # the block computes only the normalisation of a BatchNorm that does more (timm's BatchNormAct2d)
+        self.extras = ("drop", "act") if normalization_only(bn) is not None else ()
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -49,11 +53,11 @@ class MovedBatchNorm(nn.Module):
                 return getattr(self.__dict__["_bn"], name)
             raise
 
-    def forward(self, x: Tensor) -> Tensor:
-        bn = self.__dict__["_bn"]
-        for name in ("drop", "act"):
+    def forward(self, input: Tensor) -> Tensor:  # the name BatchNorm's forward has (bn(input=x))
+        x, bn = input, self.__dict__["_bn"]
+        for name in self.extras:
             extra = getattr(bn, name, None)
-            if isinstance(extra, nn.Module):
+            if extra is not None:
                 x = extra(x)
         return x
 
