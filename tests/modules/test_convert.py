@@ -387,10 +387,12 @@ def test_placeholder_answers_for_its_batchnorm_and_module_methods_stay_natural()
     assert all(v.dtype in (torch.float16, torch.int64) for v in model.state_dict().values())
 
 
-def test_training_flags_are_kept_and_given_to_the_new_blocks():
+def test_training_flags_are_kept_and_given_to_the_new_blocks(monkeypatch):
     model = nn.Sequential(_conv_bn(), _conv_bn(4))
     model[1].eval()
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # verification runs without it, then back
     model = convert_convbn(model, _input(1, 3, 4, 4))
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
     assert model.training and model[0][0].training and model[0][0].bn.training
     assert not model[1][0].training and not model[1][0].bn.training and not model[1][1].training
 

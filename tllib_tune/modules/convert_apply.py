@@ -10,9 +10,10 @@ model is restored and the pairs at fault are found by converting one at a time.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -118,25 +119,45 @@ def _run(model: nn.Module, example_input: Any) -> Any:
 
 def convert_and_verify(model: nn.Module, analysis: Job) -> str:
     """Convert ``analysis.plans`` and check the result; undo everything and raise if a check fails."""
-    example = analysis.example_input
-    meta = any(t.is_meta for t in tensors_in(example)) or any(p.is_meta for p in model.parameters())
+    meta = any(t.is_meta for t in tensors_in(analysis.example_input)) or any(
+        p.is_meta for p in model.parameters()
+    )
     flags = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        reference = None if meta else _run(model, example)
-        before = model.state_dict(keep_vars=True)
-        applied = _apply(model, analysis.plans, flags)
-        try:
-            problem, verified = _check(model, applied, analysis, reference, before, meta)
-        except BaseException:
-            _undo(model, applied)
-            raise
-        if problem is not None:
-            _undo(model, applied)
-            raise RuntimeError(_fault_message(model, analysis, reference, before, meta, problem, flags))
-        return verified
+        with _exact_kernels():
+            return _convert_and_check(model, analysis, meta, flags)
     finally:
         restore_flags(model, flags)
+
+
+@contextlib.contextmanager
+def _exact_kernels() -> Iterator[None]:
+    """Deterministic cuDNN algorithms (no benchmark picks that differ between passes) and no TF32, whose
+    10-bit products would make tune's folded weights differ from eval by more than round-off."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = False, True, False, False
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def _convert_and_check(model: nn.Module, analysis: Job, meta: bool, flags: Dict[nn.Module, bool]) -> str:
+    """The reference outputs in eval mode, the conversion, the checks; undone on any failure."""
+    model.eval()
+    reference = None if meta else _run(model, analysis.example_input)
+    before = model.state_dict(keep_vars=True)
+    applied = _apply(model, analysis.plans, flags)
+    try:
+        problem, verified = _check(model, applied, analysis, reference, before, meta)
+    except BaseException:
+        _undo(model, applied)
+        raise
+    if problem is not None:
+        _undo(model, applied)
+        raise RuntimeError(_fault_message(model, analysis, reference, before, meta, problem, flags))
+    return verified
 
 
 def _check(
