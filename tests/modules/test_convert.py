@@ -431,3 +431,10 @@ def test_the_meta_device_finds_pairs_without_computing():
     x = _input(2, 3, 4, 4)
     with torch.no_grad(), using_mode(model.eval(), "tune"):
         assert rel_err(model(x), original(x)) <= 1e-5
+
+
+def test_inference_mode_inputs_and_context_do_not_hide_the_graph():
+    with torch.inference_mode():
+        x = _input(1, 3, 4, 4).clone()
+        assert inspect_convbn(_conv_bn(), x).converted == [("0", "1")]
+    assert convert_convbn(_conv_bn(), x)[0].__class__ is ConvBN

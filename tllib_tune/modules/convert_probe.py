@@ -141,7 +141,8 @@ def _with_grad(t: Tensor) -> Tensor:
     """A floating input as a non-leaf requiring grad (a clone of a leaf: in-place ops on it stay legal)."""
     if not t.is_floating_point():
         return t
-    return t.detach().requires_grad_(True).clone()
+    leaf = t.clone() if t.is_inference() else t.detach()  # an inference tensor cannot require grad
+    return leaf.requires_grad_(True).clone()
 
 
 def run_probe(
@@ -156,7 +157,7 @@ def run_probe(
         handles.append(norm.register_forward_pre_hook(recorder.norm_pre_hook))
         handles.append(norm.register_forward_hook(recorder.norm_hook))
     try:
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             inputs = map_tensors(example_input, _with_grad)
             outputs = call_model(model, inputs)
     finally:
