@@ -434,7 +434,8 @@ def test_the_meta_device_finds_pairs_without_computing():
 
 
 def test_inference_mode_inputs_and_context_do_not_hide_the_graph():
+    model = _conv_bn()
     with torch.inference_mode():
         x = _input(1, 3, 4, 4).clone()
-        assert inspect_convbn(_conv_bn(), x).converted == [("0", "1")]
+        assert inspect_convbn(model, x).converted == [("0", "1")]
     assert convert_convbn(_conv_bn(), x)[0].__class__ is ConvBN
