@@ -14,6 +14,7 @@ from torch import nn
 
 from tests.conftest import randomize_all_bn_, rel_err
 from tests.models.conftest import _single_thread  # noqa: F401  (autouse: one thread per test)
+from tests.modules.conftest import assert_gradients_close, gradients
 from tllib_tune import ConvBN, LinearBN, convert_convbn, get_modes, inspect_convbn, set_mode, using_mode
 from tllib_tune.modules.convbn import ConvBNBase
 from tllib_tune.modules.convert import ConversionReport, MovedBatchNorm
@@ -42,27 +43,6 @@ class Shapes(nn.Module):
         return self.bn3(self.conv3(x))
 
 
-def _grads(model, x, mode=None):
-    """Output, input gradient and every state-dict tensor's gradient (names are the original's)."""
-    if mode is not None:
-        set_mode(model, mode)
-    model.zero_grad()
-    inp = x.clone().requires_grad_(True)
-    out = model(inp)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    (out * weights).sum().backward()
-    params = {k: v.grad for k, v in model.state_dict(keep_vars=True).items() if v.grad is not None}
-    return out.detach(), inp.grad, params
-
-
-def _assert_close(a, b, tol, params=True):
-    """Output and input gradient agree, and (``params``) every parameter's gradient."""
-    (out_a, gin_a, ga), (out_b, gin_b, gb) = a, b
-    assert not params or (set(ga) == set(gb) and ga)
-    errs = [rel_err(out_a, out_b), rel_err(gin_a, gin_b)] + [rel_err(ga[k], gb[k]) for k in ga if params]
-    assert max(errs) <= tol, max(errs)
-
-
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_conv_kinds_convert_and_match_torch_in_every_mode(dim):
     torch.manual_seed(dim)
@@ -76,9 +56,9 @@ def test_conv_kinds_convert_and_match_torch_in_every_mode(dim):
     assert all(isinstance(getattr(model, f"conv{i}"), ConvBN) for i in (1, 2, 3))
     assert all(isinstance(getattr(model, f"bn{i}"), MovedBatchNorm) for i in (1, 2, 3))
     assert list(model.state_dict()) == expected_keys
-    reference = _grads(original, x)
+    reference = gradients(original, x)
     for mode in ("train", "eval", "tune", "deploy"):  # deploy trains the folded weights: other gradients
-        _assert_close(_grads(model, x, mode), reference, 1e-10, params=mode != "deploy")
+        assert_gradients_close(gradients(model, x, mode), reference, 1e-10, params=mode != "deploy")
     assert get_modes(model) == {"deploy": 3}
 
 
@@ -121,7 +101,7 @@ def test_linear_bn_mlp_becomes_linearbn_blocks():
     model, report = convert_convbn(model, return_report=True)  # default input: 2 x in_features
     assert report.converted == [("0", "1"), ("3", "4")]
     assert isinstance(model[0], LinearBN) and isinstance(model[4], MovedBatchNorm)
-    _assert_close(_grads(model, x, "tune"), _grads(original, x), 1e-10)
+    assert_gradients_close(gradients(model, x, "tune"), gradients(original, x), 1e-10)
 
 
 class SharedHead(nn.Module):

@@ -11,10 +11,11 @@ pairs at fault are named. :func:`inspect_convbn` answers what a conversion would
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,14 @@ from .convert_probe import (
 )
 from .modes import _matches
 
-__all__ = ["convert_convbn", "inspect_convbn", "ConversionReport", "LeftBatchNorm", "MovedBatchNorm"]
+__all__ = [
+    "convert_convbn",
+    "inspect_convbn",
+    "ConversionReport",
+    "LeftBatchNorm",
+    "MovedBatchNorm",
+    "init_on_meta",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +186,35 @@ def convert_convbn(
     else:
         logger.debug("%s", report.summary())
     return (model, report) if return_report else model
+
+
+@contextlib.contextmanager
+def init_on_meta() -> Iterator[None]:
+    """Build models inside this context with every parameter and buffer on the meta device (no memory,
+    no compute), e.g. to see what :func:`convert_convbn` would do on a 644 M-parameter RegNet::
+
+        with init_on_meta():
+            model = torchvision.models.regnet_y_128gf()
+        inspect_convbn(model, torch.empty(2, 3, 224, 224, device="meta"))
+
+    Tensors are moved as they are registered, so builders that compute with tensors still work (under
+    ``torch.device("meta")`` torchvision's RegNet builder fails). Not thread-safe: it patches nn.Module.
+    """
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter(self: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(self, name, param)
+
+    def buffer(self: nn.Module, name: str, tensor: Optional[Tensor], persistent: bool = True) -> None:
+        register_buffer(self, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
 
 
 # --- analysis -----------------------------------------------------------------------------------------

@@ -319,6 +319,8 @@ _NODE_KINDS = [
         "a functional convolution (no nn.Conv module)",
     ),
     (r"^Addmm|^Mm|^Bmm|^Matmul", "a functional matmul (no nn.Linear module)"),
+    (r"^Mean|^Sum|^Amax|^Amin|^Norm", "a reduction"),
+    (r"BackwardHookFunction", "a module's backward hook"),
     (
         r"View|Reshape|Permute|Transpose|Expand|Squeeze|Unsqueeze|Slice|Select|Split|Index",
         "a reshape or slice",
