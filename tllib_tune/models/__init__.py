@@ -33,6 +33,9 @@ from __future__ import annotations
 
 from . import regnet, resnet
 from .backbone import Backbone
+from .external import LibraryBackbone
+from .from_timm import TimmBackbone  # and registers "timm/<name>"
+from .from_torchvision import TorchvisionBackbone  # and registers "torchvision/<name>"
 from .registry import check_model, get_model, list_models, register_library, register_model
 from .regnet import *  # noqa: F403  (the RegNet builders, listed in regnet.__all__ by @register_model)
 from .resnet import *  # noqa: F403  (the ResNet builders, likewise)
@@ -46,6 +49,9 @@ from .weights import (
 
 __all__ = [
     "Backbone",
+    "LibraryBackbone",
+    "TimmBackbone",
+    "TorchvisionBackbone",
     "Pretrained",
     "WeightsError",
     "check_model",

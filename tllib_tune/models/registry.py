@@ -125,7 +125,12 @@ def check_model(name: str) -> str:
         return f"{prefix}/{rest}"
     if rest not in _REGISTRY:
         elsewhere = [p for p, library in sorted(_LIBRARIES.items()) if rest in _known_names(library)]
-        also = f" ({elsewhere[0]} has it: get_model('{elsewhere[0]}/{rest}'))" if elsewhere else ""
+        calls = " or ".join(f"get_model('{library}/{rest}')" for library in elsewhere)
+        also = (
+            f" ({' and '.join(elsewhere)} {'have' if len(elsewhere) > 1 else 'has'} it: {calls})"
+            if elsewhere
+            else ""
+        )
         raise ValueError(f"unknown model {name!r}; {suggest(rest, list_models(), n=5)}{also}")
     return rest
 

@@ -330,15 +330,17 @@ def load_exactly(
     state: Mapping[str, Tensor],
     what: str,
     cause: Callable[[List[str], List[str], List[str]], str],
+    target: Optional[str] = None,
 ) -> None:
     """Load ``state`` into ``model`` if every key and shape fits (counters may be missing), else raise
-    :class:`WeightsError` saying ``what`` did not fit, listing the differences and ``cause(...)`` of them;
-    nothing is loaded then."""
+    :class:`WeightsError` saying ``what`` did not fit ``target`` (default: the model's arch or class),
+    listing the differences and ``cause(...)`` of them; nothing is loaded then."""
     expected = model.state_dict()
     missing, unexpected, shapes = mismatches(expected, state)
     if missing or unexpected or shapes:
+        target = target or getattr(model, "arch", None) or type(model).__name__
         raise WeightsError(
-            f"{what} does not fit {getattr(model, 'arch', None) or type(model).__name__}; nothing was loaded."
+            f"{what} does not fit {target}; nothing was loaded."
             + (_listing("missing keys", missing) if missing else "")
             + (_listing("unexpected keys", unexpected) if unexpected else "")
             + (_listing("shape mismatches", shapes) if shapes else "")
