@@ -296,3 +296,54 @@ def test_timm_pretrained_true_goes_through_timms_loader(tmp_path, monkeypatch):
         WeightsError, match="could not get timm's pretrained weights for resnet18d.*huggingface"
     ):
         get_model("timm/resnet18d", pretrained=True)
+
+
+def test_whole_backbones_pickle_and_copy(built, tmp_path):
+    for library, name in (("torchvision", "densenet121"), ("timm", "levit_128s")):
+        _, _, backbone = built(library, name)
+        torch.save(backbone, tmp_path / "whole.pt")
+        x = images(library, name, batch=1)
+        with torch.no_grad():
+            expected = backbone.eval()(x)
+            for other in (torch.load(tmp_path / "whole.pt", weights_only=False), copy.deepcopy(backbone)):
+                assert torch.equal(other.eval()(x), expected)
+                assert torch.equal(
+                    other.copy_head()(expected.mean((2, 3))), backbone.copy_head()(expected.mean((2, 3)))
+                )
+        backbone.train()
+
+
+class _GridPooled(torch.nn.Module):
+    """A tiny torchvision-like model that pools to a 2x2 grid (as VGG pools to 7x7) or not at all."""
+
+    def __init__(self, grid=True, num_classes=1000, **kwargs):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()
+        )
+        self.grid = grid
+        self.avgpool = torch.nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = torch.nn.Linear(32 if grid else 8, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x) if self.grid else x[:, :, 0, 0]  # no pooling: like a ViT's class token
+        return self.classifier(torch.flatten(x, 1))
+
+
+def test_torchvision_pooling_rule_for_grid_pooling_and_no_pooling(monkeypatch):
+    made = []
+    monkeypatch.setattr(
+        torchvision.models,
+        "get_model",
+        lambda name, weights=None, **kw: made.append(_GridPooled(**kw)) or made[-1],
+    )
+    backbone = get_model("torchvision/vgg11_bn", mode="eval")  # VGG's shape: a grid pooled, then flattened
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(backbone.eval()(x), made[0].eval().features(x))  # the input of the pooling
+    assert backbone.out_features == 8 and get_modes(backbone) == {"eval": 1}
+    with pytest.raises(ValueError, match="copy_head.*not available.*does not pool to 1x1"):
+        backbone.copy_head()
+    with pytest.raises(ValueError, match="vgg11_bn: its forward has no average pooling"):
+        get_model("torchvision/vgg11_bn", grid=False)

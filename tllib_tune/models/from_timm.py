@@ -32,17 +32,17 @@ class TimmBackbone(LibraryBackbone):
 
     library = "timm"
 
-    def __init__(self, body: nn.Module, name: str, layout: str = "NCHW") -> None:
-        super().__init__(body, name, layout)
-        self._head_graph: Optional[fx.Graph] = None
-
     def features(self, x: Tensor) -> Tensor:
         return self.body.forward_features(x)
 
     def pooled_head(self) -> Optional[nn.Module]:
-        if self._head_graph is None:
+        """timm's ``forward_head`` traced anew (a few ms) on the pooled features, viewed as its input."""
+        shape = {"NCHW": (self.out_features, 1, 1), "NHWC": (1, 1, self.out_features)}
+        graph, problem = _trace_head(self.body, shape.get(self.layout, (1, self.out_features)))
+        if graph is None:
+            self._head_problem = problem
             return None
-        return fx.GraphModule(self.body, self._head_graph, class_name="TimmHead")
+        return fx.GraphModule(self.body, graph, class_name="TimmHead")
 
 
 def timm_names() -> List[str]:
@@ -52,21 +52,25 @@ def timm_names() -> List[str]:
     return timm.list_models()
 
 
+class _HeadTracer(fx.Tracer):
+    """Traces timm's ``forward_head``, with timm's untraceable modules and functions as leaves."""
+
+    traced_func_name = "forward_head"
+
+    def __init__(self) -> None:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+        self.leaves = tuple(get_notrace_modules())
+
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        return isinstance(module, self.leaves) or super().is_leaf_module(module, qualname)
+
+
 def _trace_head(model: nn.Module, shape: Tuple[int, ...]) -> Tuple[Optional[fx.Graph], Optional[str]]:
     """timm's ``forward_head`` as a graph taking the pooled features, or (None, why not)."""
-    from timm.layers import get_notrace_functions, get_notrace_modules
-
-    leaves = tuple(get_notrace_modules())
-
-    class HeadTracer(fx.Tracer):
-        traced_func_name = "forward_head"
-
-        def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
-            return isinstance(module, leaves) or super().is_leaf_module(module, qualname)
-
     try:
-        tracer = HeadTracer(autowrap_functions=tuple(get_notrace_functions()))
-        graph = tracer.trace(model, concrete_args={"pre_logits": False})
+        graph = _HeadTracer().trace(model, concrete_args={"pre_logits": False})
     except Exception as err:  # fx raises many kinds (TraceError, TypeError, RuntimeError ...)
         return None, f"timm's forward_head does not trace with torch.fx ({type(err).__name__}: {err})"
     placeholder = next(n for n in graph.nodes if n.op == "placeholder")
@@ -124,13 +128,7 @@ def timm_backbone(
     with torch.no_grad():
         dims = model.eval().forward_features(probe).dim()
     layout = "NLC" if dims == 3 else "NHWC" if getattr(model, "output_fmt", "NCHW") == "NHWC" else "NCHW"
-    backbone = TimmBackbone(model, name, layout)
-
-    def make_head(channels: int) -> None:
-        shape = {"NCHW": (channels, 1, 1), "NHWC": (1, 1, channels), "NLC": (1, channels)}[layout]
-        backbone._head_graph, backbone._head_problem = _trace_head(model, shape)
-
-    return finish_library_backbone(backbone, model, probe, mode, make_head)
+    return finish_library_backbone(TimmBackbone(model, name, layout), model, probe, mode)
 
 
 register_library("timm", timm_backbone, timm_names)
