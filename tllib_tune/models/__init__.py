@@ -3,10 +3,15 @@
 Every builder has the form ``resnet50(pretrained=False, mode="train", progress=True, **kwargs)`` (made so
 by ``@register_model``, :mod:`tllib_tune.models.registry`) and returns a :class:`Backbone`, whose
 ``forward`` gives the last feature map ``[N, out_features, H, W]`` and whose ``copy_head()`` returns the
-ImageNet classifier. ``pretrained`` is False, True (torchvision's default
-ImageNet weights, downloaded once and cached by torch.hub), a torchvision weights name such as
-"IMAGENET1K_V1", a local checkpoint path (torchvision, timm or tllib_tune format, detected) or a state
-dict. See :mod:`tllib_tune.models.weights`.
+ImageNet classifier. ``pretrained`` is False, True (torchvision's default ImageNet weights, downloaded
+once and cached by torch.hub), a torchvision weights name such as "IMAGENET1K_V1", a local checkpoint
+path (torchvision, timm or tllib_tune format, detected) or a state dict. See
+:mod:`tllib_tune.models.weights`.
+
+``get_model("torchvision/<name>")`` and ``get_model("timm/<name>")`` build those libraries' models as
+backbones with the same contract, their Conv -> BatchNorm pairs converted to ConvBN blocks
+(:mod:`tllib_tune.models.from_torchvision`, :mod:`tllib_tune.models.from_timm`); ``list_models("timm/*")``
+lists them.
 
 Naming convention for Conv+BN+ReLU (tools such as the In-Place ABN converter rely on it):
 

@@ -16,7 +16,7 @@ checkpoint of that library's model (or of this backbone), loaded strictly.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, fx, nn
@@ -131,7 +131,7 @@ def finish_library_backbone(
     reference: nn.Module,
     probe: Tensor,
     mode: Union[str, Mode] = "train",
-    make_head: Any = None,
+    make_head: Optional[Callable[[int], None]] = None,
 ) -> LibraryBackbone:
     """After building: ``out_features`` from ``backbone(probe)``, ``make_head(channels)`` (if given) to
     attach the head, the head checked against ``reference(probe)`` (the library's whole model), unused

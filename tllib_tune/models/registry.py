@@ -107,39 +107,32 @@ def check_model(name: str) -> str:
     For "torchvision/..." and "timm/..." this imports that library to read its list of models.
     """
     if not isinstance(name, str):
-        raise ValueError(
-            f"unknown model {name!r}: a model name is a string; {suggest(name, list_models(), n=5)}"
-        )
+        raise ValueError(f"unknown model {name!r}: a model name is a string; {suggest(name, list_models())}")
     prefix, rest = _split(name)
-    if prefix:
-        if prefix not in _LIBRARIES:
-            raise ValueError(
-                f"unknown model {name!r}: no library {prefix!r}; {suggest(prefix, sorted(_LIBRARIES))}"
-            )
-        names = _LIBRARIES[prefix].names()
-        if rest.partition(".")[0] not in names:  # timm names may carry a weights tag: "resnet50.a1_in1k"
-            hint = suggest(rest, names, n=5)
-            if not hint.startswith("did you mean"):  # do not list a thousand names
-                hint = f"list them with list_models({prefix + '/*'!r})"
-            raise ValueError(f"unknown model {name!r}: {prefix} has no model {rest!r}; {hint}")
-        return f"{prefix}/{rest}"
-    if rest not in _REGISTRY:
-        elsewhere = [p for p, library in sorted(_LIBRARIES.items()) if rest in _known_names(library)]
-        calls = " or ".join(f"get_model('{library}/{rest}')" for library in elsewhere)
-        also = (
-            f" ({' and '.join(elsewhere)} {'have' if len(elsewhere) > 1 else 'has'} it: {calls})"
-            if elsewhere
-            else ""
+    if not prefix:
+        if rest not in _REGISTRY:
+            raise ValueError(f"unknown model {name!r}; {suggest(rest, list_models(), n=5)}{_elsewhere(rest)}")
+        return rest
+    if prefix not in _LIBRARIES:
+        raise ValueError(
+            f"unknown model {name!r}: no library {prefix!r}; {suggest(prefix, sorted(_LIBRARIES))}"
         )
-        raise ValueError(f"unknown model {name!r}; {suggest(rest, list_models(), n=5)}{also}")
-    return rest
+    names = _LIBRARIES[prefix].names()
+    if rest.partition(".")[0] not in names:  # timm names may carry a weights tag: "resnet50.a1_in1k"
+        hint = suggest(rest, names, n=5)
+        if not hint.startswith("did you mean"):  # rather than listing a thousand names
+            hint = f"list them with list_models({prefix + '/*'!r})"
+        raise ValueError(f"unknown model {name!r}: {prefix} has no model {rest!r}; {hint}")
+    return f"{prefix}/{rest}"
 
 
-def _known_names(library: Library) -> List[str]:
-    try:
-        return library.names()
-    except ImportError:  # that library is not installed: no hint from it
-        return []
+def _elsewhere(name: str) -> str:
+    """A hint naming the libraries that have a model ``name`` (e.g. torchvision's efficientnet_b0)."""
+    found = [prefix for prefix, library in sorted(_LIBRARIES.items()) if name in library.names()]
+    if not found:
+        return ""
+    calls = " or ".join(f"get_model('{prefix}/{name}')" for prefix in found)
+    return f" ({' and '.join(found)} {'have' if len(found) > 1 else 'has'} it: {calls})"
 
 
 def registered_in(module: str) -> List[str]:
