@@ -23,6 +23,7 @@ from tllib_tune.models import WeightsError, get_model, list_models
 from tllib_tune.models.external import LibraryBackbone
 from tllib_tune.modules.classifier import Classifier
 from tllib_tune.modules.convert import inspect_convbn
+from tllib_tune.utils.memory import activation_bytes
 
 # torchvision models: how to see the input of their global pooling from the outside (a forward hook).
 TORCHVISION = {
@@ -331,3 +332,15 @@ def test_torchvision_pooling_rule_for_grid_pooling_and_no_pooling(monkeypatch):
         backbone.copy_head()
     with pytest.raises(ValueError, match="vgg11_bn: its forward has no average pooling"):
         get_model("torchvision/vgg11_bn", grid=False)
+
+
+@pytest.mark.parametrize("library, name", [("torchvision", "efficientnet_b0"), ("timm", "resnet18d")])
+def test_tune_keeps_deploys_activation_memory(library, name, built):
+    backbone = copy.deepcopy(built(library, name)[2]).eval()
+    x = images(library, name)
+    saved = {}
+    for mode in ("eval", "tune", "deploy"):
+        set_mode(backbone, mode)
+        saved[mode] = activation_bytes(backbone, x, backward=False)
+    assert saved["tune"] <= 1.01 * saved["deploy"]
+    assert saved["tune"] <= 0.75 * saved["eval"]
