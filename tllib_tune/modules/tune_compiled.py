@@ -1,0 +1,70 @@
+"""Tune mode as torch.compile should see it: the fold in plain operations, recomputed in backward.
+
+Under ``torch.compile`` the Tune autograd function (:mod:`.tune`) is an opaque region to inductor: the fold
+and the elementwise tail around the convolution cannot fuse. This formulation writes the fold
+s = gamma / sqrt(running_var + eps), W' = W * s, b' = beta + (b - mean) * s as ordinary operations inside
+a non-reentrant :func:`torch.utils.checkpoint.checkpoint` region, which the compiler tags "must recompute":
+the partitioner then rebuilds W' from W in the backward graph instead of saving it, so the compiled step
+keeps what compiled Deploy keeps. Only :class:`.convbn.ConvBNBase` calls it, and only while compiling;
+eager Tune is untouched. The convolution (or linear map) itself stays outside the region, so its output
+is never recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .autocast import autocast_dtype, autocast_off
+from .fold import as_dtype, channel_view, fold_dtype
+from .ops import OpSpec, op_forward
+
+__all__ = ["compiled_fold", "compiled_tune"]
+
+
+def compiled_fold(
+    weight: Tensor,
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> Tuple[Tensor, Tensor]:
+    """(W', b') from differentiable operations, in the fold dtype (:func:`.fold.fold_dtype`): the same
+    function as :func:`.fold.fold_bn`, written so that a compiler can fuse and recompute it."""
+    dtype = fold_dtype(weight.dtype)
+    scale = torch.rsqrt(running_var.to(dtype) + eps)
+    if gamma is not None:
+        scale = gamma.to(dtype) * scale
+    folded_w = weight.to(dtype) * channel_view(scale, weight.dim())
+    mean = running_mean.to(dtype)
+    folded_b = (-mean if bias is None else bias.to(dtype) - mean) * scale
+    if beta is not None:
+        folded_b = folded_b + beta.to(dtype)
+    return folded_w, folded_b
+
+
+def compiled_tune(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    spec: OpSpec,
+) -> Tensor:
+    """Tune's forward for compiled code: the fold recomputed in backward (a checkpointed region), then
+    the operator in the dtype autocast would choose, as eager Tune's "weight" strategy computes it."""
+    compute_dtype = autocast_dtype(x)
+    folded_w, folded_b = checkpoint(
+        compiled_fold, weight, bias, gamma, beta, running_mean, running_var, eps, use_reentrant=False
+    )
+    with autocast_off(x):
+        x = as_dtype(x, compute_dtype)
+        return op_forward(spec, x, as_dtype(folded_w, compute_dtype), as_dtype(folded_b, compute_dtype))
