@@ -11,8 +11,8 @@ from torch import nn
 
 from tests.conftest import randomize_all_bn_, rel_err
 from tllib_tune import ConvBN, set_mode
-from tllib_tune.modules.tune_compiled import compiled_fold
 from tllib_tune.modules.fold import fold_bn
+from tllib_tune.modules.tune_compiled import compiled_fold
 from tllib_tune.utils.memory import SavedTensorMeter
 
 needs_compiler = pytest.mark.skipif(

@@ -4,6 +4,13 @@ the same programs.
 
     tllib-tune benchmark --arch resnet50 --batch-sizes 8,32 --input-sizes 160,112
     tllib-tune profile --arch resnet50 --batch-size 8 --input-size 112 --modes tune,deploy
+    tllib-tune benchmark --arch resnet50 --batch-sizes 8 --input-sizes 112 \
+        --modes eval,tune,deploy,compiled-pass,compiled-eval,compiled-tune,compiled-deploy,eval+ckpt,tune+ckpt
+
+Peers (what users would pick instead): compiled-pass is torchvision's model of the same arch and weights
+under torch.compile with PyTorch's Conv-BN pass (efficient_conv_bn_eval_fx_passes); compiled-eval,
+compiled-tune, compiled-deploy are ours under torch.compile (each compiled afresh per setting, caches
+off; compile time reported apart); eval+ckpt and tune+ckpt checkpoint every backbone stage.
 
 The benchmark writes results.csv, a TensorBoard run and a PNG plot (with the "plot" extra) to --out,
 prints the table, then Tune's ratios against the product's targets; the header names the thread count
@@ -13,6 +20,7 @@ and the OpenMP/allocator settings in the environment. A bad command line exits w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -22,6 +30,7 @@ import torch
 from ..models import check_model
 from ..utils.cli import flag_names, print_error, to_flags
 from .measure import ALL_MODES, DEFAULT_MODES, BenchmarkSettings, IterationBenchmark, timing_environment
+from .peers import COMPILED_MODES, compile_problem, fresh_compile_state
 from .profile import format_report, profile_modes
 from .report import (
     fault_notes,
@@ -100,6 +109,12 @@ def benchmark_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--num-classes", type=int, default=200)
+    parser.add_argument(
+        "--compile-backend",
+        choices=("inductor", "aot_eager"),
+        default="inductor",
+        help="torch.compile backend of the compiled modes (aot_eager: no code generation, for quick checks)",
+    )
     parser.add_argument("--out", default="benchmarks/latest", help="directory for CSV, plot, TensorBoard")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG even if matplotlib is there")
     return parser
@@ -116,12 +131,17 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None)
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if args.num_classes < 1:
         parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
+    compiled = [m for m in args.modes if m in COMPILED_MODES]
+    problem = compile_problem(args.device) if compiled and args.compile_backend == "inductor" else None
+    if problem:
+        parser.error(f"--modes {','.join(compiled)}: {problem}; or leave the compiled modes out")
     return args
 
 
 def settings_from(args: argparse.Namespace) -> BenchmarkSettings:
     """The measured settings of a parsed benchmark command line."""
-    names = ("arch", "modes", "device", "amp", "channels_last", "num_classes", "repeats", "warmup")
+    names = ("arch", "modes", "device", "amp", "channels_last", "num_classes", "repeats", "warmup",
+             "compile_backend")  # fmt: skip
     return BenchmarkSettings(**{name: getattr(args, name) for name in names})
 
 
@@ -152,7 +172,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench = IterationBenchmark(settings_from(args))
+    try:
+        bench = IterationBenchmark(settings_from(args))
+    except ValueError as exc:  # compiled-pass for an arch torchvision lacks, ckpt without stages
+        print_error(parser.prog, to_flags(str(exc), flag_names(parser)))
+        return 2
     problem = bench.batch_statistics_problem(
         args.batch_sizes, args.input_sizes, batch_arg="batch_sizes", input_arg="input_sizes"
     )
@@ -165,9 +189,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         print_error(parser.prog, f"--out {args.out}: {exc.strerror}; choose a writable directory")
         return 2
     settings = [(b, s) for b in args.batch_sizes for s in args.input_sizes]
-    total = len(settings) * (args.warmup + args.repeats) * len(args.modes)
+    compiled = sum(m in COMPILED_MODES for m in args.modes)
+    total = len(settings) * ((args.warmup + args.repeats) * len(args.modes) + compiled)
     rows: List[dict] = []
-    with tqdm(total=total, desc=f"{args.arch} on {args.device}", unit="iter", file=sys.stderr) as progress:
+    caches = fresh_compile_state() if compiled else contextlib.nullcontext()
+    with (
+        caches,
+        tqdm(total=total, desc=f"{args.arch} on {args.device}", unit="iter", file=sys.stderr) as progress,
+    ):
         for batch_size, input_size in settings:
             rows += rows_for(bench.measure(batch_size, input_size, progress), bench.settings)
     _report(rows, args)

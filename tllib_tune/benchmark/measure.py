@@ -5,10 +5,16 @@ One iteration = forward of a zoo backbone plus a linear head, cross-entropy, bac
 drift hits them alike. Activation memory is the exact saved-for-backward byte count (parameters
 excluded); on CUDA the peak allocated memory is taken too, and everywhere the process's minor page faults
 per iteration (fresh memory pages the OS had to map: on the CPU a large share of the time).
+
+Besides the blocks' own modes the run can hold what users would pick instead (:mod:`.peers`):
+torch.compile variants, each compiled right before its setting is measured (its first iteration timed
+apart as compile time), and checkpointing per stage (:mod:`.checkpointing`). For every mode the step's
+peak of live saved tensors is counted as well (recomputation included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import statistics
@@ -24,6 +30,15 @@ from ..engine import amp_dtype
 from ..models import get_model
 from ..utils.feature_maps import batch_statistics_problem
 from ..utils.memory import SavedTensorMeter
+from .checkpointing import PeakSavedMeter, backbone_stages, checkpointed_stages
+from .peers import (
+    COMPILED_MODES,
+    PEER_MODES,
+    base_mode,
+    compile_settings,
+    pass_available,
+    torchvision_peer,
+)
 
 __all__ = [
     "MODE_CHOICES",
@@ -46,7 +61,7 @@ DEFAULT_MODES = (*MODE_CHOICES, "inplace-abn")
 #: keep-folded: Tune as the other implementations compute it (PyTorch's efficient_conv_bn_eval pass, MMCV's
 #: ConvModule(efficient_conv_bn_eval=True), the paper's code): the fold built from autograd operations in
 #: every call, so the convolution keeps the folded weight for backward. For comparison only.
-ALL_MODES = (*DEFAULT_MODES, "keep-folded")
+ALL_MODES = (*DEFAULT_MODES, "keep-folded", *PEER_MODES)
 
 #: Environment variables that move CPU timings (OpenMP thread waiting, the C allocator); reports name the
 #: ones set, so that runs can be compared.
@@ -76,6 +91,9 @@ class BenchmarkSettings:
     num_classes: int = 200
     repeats: int = 5
     warmup: int = 2
+    #: torch.compile's backend for the compiled modes ("inductor"; "aot_eager" traces and partitions the
+    #: same graphs without generating code: quick, for tests, but PyTorch's pass is inductor's).
+    compile_backend: str = "inductor"
 
 
 @dataclass
@@ -89,6 +107,11 @@ class Result:
     activation_bytes: int = 0
     peak_bytes: Optional[int] = None
     page_faults: List[int] = field(default_factory=list)
+    #: The step's largest live total of saved tensors (see :class:`.checkpointing.PeakSavedMeter`).
+    peak_saved_bytes: Optional[int] = None
+    #: Compiled modes: seconds of the first iteration, which compiles forward and backward.
+    first_s: Optional[float] = None
+    note: str = ""
 
     @property
     def median(self) -> float:
@@ -159,10 +182,17 @@ class IterationBenchmark:
         base = Net(get_model(settings.arch, pretrained=False), settings.num_classes)
         _realistic_bn_(base)
         self.models: Dict[str, nn.Module] = {}
-        if any(m in MODE_CHOICES or m == "keep-folded" for m in settings.modes):
+        if any(m not in ("inplace-abn", "compiled-pass") for m in settings.modes):
             self.models["convbn"] = base
         self._blocks = [m for m in base.modules() if isinstance(m, ConvBN)]
-        self._keeping_folded = False
+        self._override: Optional[str] = None  # "keep-folded" or "ckpt": a forward swapped in
+        self._stages: Optional[contextlib.ExitStack] = None
+        self.compiled: Dict[str, nn.Module] = {}
+        self._graphs = 0
+        if any("+" in m for m in settings.modes):
+            backbone_stages(base.backbone)  # refuses an arch without stages before anything runs
+        if "compiled-pass" in settings.modes:
+            self.models["torchvision"] = torchvision_peer(settings.arch, base, settings.num_classes)
         if "inplace-abn" in settings.modes:
             from ..modules.inplace_abn import convert_to_inplace_abn
 
@@ -172,7 +202,7 @@ class IterationBenchmark:
             self.models["inplace-abn"] = abn
         self.optimizers = {}
         for key, model in self.models.items():
-            model.to(self.device).train()
+            model.to(self.device).train(key != "torchvision")  # torchvision's BN: running statistics
             if settings.channels_last:
                 model.to(memory_format=torch.channels_last)
             self.optimizers[key] = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -199,42 +229,56 @@ class IterationBenchmark:
 
     def model_for(self, mode: str) -> nn.Module:
         """The model that runs ``mode``, switched to it (the mode switch is not timed)."""
-        if mode == "inplace-abn":
-            return self.models["inplace-abn"]
+        key = _model_key(mode)
+        if key != "convbn":
+            return self.compiled[key] if mode in COMPILED_MODES else self.models[key]
         model = self.models["convbn"]
-        keep_folded = mode == "keep-folded"
-        if keep_folded != self._keeping_folded:
+        self._swap_forward(model, "keep-folded" if mode == "keep-folded" else "ckpt" if "+" in mode else None)
+        set_mode(model.backbone, "eval" if mode == "keep-folded" else base_mode(mode) or mode)
+        return self.compiled["convbn"] if mode in COMPILED_MODES else model
+
+    def _swap_forward(self, model: nn.Module, override: Optional[str]) -> None:
+        """Keep-folded's block forward or checkpointed stages in place (``override``), or neither."""
+        if override == self._override:
+            return
+        if self._override == "keep-folded":
             for block in self._blocks:
-                if keep_folded:  # an instance attribute, found before the class's forward
-                    block.forward = functools.partial(keep_folded_forward, block)
-                else:
-                    del block.forward
-            self._keeping_folded = keep_folded
-        set_mode(model.backbone, "eval" if keep_folded else mode)
-        return model
+                del block.forward
+        elif self._override == "ckpt":
+            self._stages.close()
+        if override == "keep-folded":
+            for block in self._blocks:  # an instance attribute, found before the class's forward
+                block.forward = functools.partial(keep_folded_forward, block)
+        elif override == "ckpt":
+            self._stages = contextlib.ExitStack()
+            self._stages.enter_context(checkpointed_stages(model.backbone))
+        self._override = override
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def iteration(
-        self, mode: str, x: torch.Tensor, y: torch.Tensor, meter: Optional[SavedTensorMeter] = None
+        self,
+        mode: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        meter: Optional[SavedTensorMeter] = None,
+        step_meter: Optional[PeakSavedMeter] = None,
     ) -> float:
         """One timed forward + backward + SGD step in ``mode`` (``meter`` counts the forward's saved
-        tensors); returns the seconds it took."""
+        tensors, ``step_meter`` those of the whole step); returns the seconds it took."""
         model = self.model_for(mode)
-        optimizer = self.optimizers["inplace-abn" if mode == "inplace-abn" else "convbn"]
+        optimizer = self.optimizers[_model_key(mode)]
         self._sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            if meter is not None:
-                with meter:
+        with step_meter or contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                with meter or contextlib.nullcontext():
                     logits = model(x)
-            else:
-                logits = model(x)
-            loss = self.loss_fn(logits.float(), y)
-        loss.backward()
+                loss = self.loss_fn(logits.float(), y)
+            loss.backward()
         optimizer.step()
         self._sync()
         return time.perf_counter() - start
@@ -252,6 +296,9 @@ class IterationBenchmark:
         meter = SavedTensorMeter(exclude=[self.model_for(mode)])
         self.iteration(mode, x, y, meter)
         result.activation_bytes = meter.bytes
+        peak = PeakSavedMeter(exclude=tuple(self.models.values()))
+        self.iteration(mode, x, y, step_meter=peak)
+        result.peak_saved_bytes = peak.peak
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -265,6 +312,7 @@ class IterationBenchmark:
         settings = self.settings
         x, y = self.batch(batch_size, input_size, seed=batch_size * 1000 + input_size)
         results = {m: Result(m, batch_size, input_size) for m in settings.modes}
+        self._compile(results, x, y, progress)
         for mode, result in results.items():
             self._memory(mode, x, y, result)
         for _ in range(settings.warmup):
@@ -278,4 +326,59 @@ class IterationBenchmark:
                 if faults is not None:
                     results[mode].page_faults.append(minor_page_faults() - faults)
                 progress.update(1)
+        self._check_no_recompile(results)
         return list(results.values())
+
+    def _compile(self, results: Dict[str, Result], x: torch.Tensor, y: torch.Tensor, progress: Any) -> None:
+        """Fresh compiled models for this setting, each compiled by its first iteration (timed), under
+        its own inductor settings (:func:`.peers.compile_settings`)."""
+        compiled = [m for m in results if m in COMPILED_MODES]
+        if not compiled:
+            return
+        settings = self.settings
+        torch._dynamo.reset()
+        backend = settings.compile_backend
+        keys = {_model_key(m) for m in compiled}
+        self.compiled = {k: torch.compile(self.models[k], dynamic=False, backend=backend) for k in keys}
+        for mode in compiled:
+            if mode != "compiled-pass":  # fill the blocks' lazily built caches first: no guard on them fails
+                self.model_for(mode)
+                with torch.no_grad():
+                    self.models["convbn"](x)
+            with compile_settings(mode):
+                results[mode].first_s = self.iteration(mode, x, y)
+            progress.update(1)
+        if "compiled-pass" in results and not pass_available():
+            results["compiled-pass"].note = (
+                f"torch {torch.__version__} lacks torch._inductor.config.efficient_conv_bn_eval_fx_passes: "
+                "compiled-pass is torchvision's model compiled without PyTorch's pass"
+            )
+        elif "compiled-pass" in results and settings.compile_backend != "inductor":
+            results["compiled-pass"].note = (
+                f"backend {settings.compile_backend}: PyTorch's pass is inductor's, so compiled-pass ran "
+                "without it"
+            )
+        self._graphs = _compiled_graphs()
+
+    def _check_no_recompile(self, results: Dict[str, Result]) -> None:
+        """Note on the compiled modes if anything compiled again after their first iterations."""
+        compiled = [m for m in results if m in COMPILED_MODES]
+        if compiled and _compiled_graphs() != self._graphs:
+            for mode in compiled:
+                results[mode].note = (results[mode].note + "; " if results[mode].note else "") + (
+                    "recompiled after its first iteration: its times include compiling"
+                )
+
+
+def _model_key(mode: str) -> str:
+    """Which model (and optimizer) runs ``mode``: "convbn", "inplace-abn" or "torchvision"."""
+    if mode == "inplace-abn":
+        return mode
+    return "torchvision" if mode == "compiled-pass" else "convbn"
+
+
+def _compiled_graphs() -> int:
+    """How many graphs dynamo has compiled in this process since its last reset."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]

@@ -12,10 +12,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..common import atomic_write
 from ..utils.memory import MIB
 from .measure import BenchmarkSettings, Result
+from .peers import PEER_MODES
 
 __all__ = [
     "COLUMNS",
     "TARGETS",
+    "PEER_TARGETS",
     "RETAIN_MEMORY",
     "rows_for",
     "format_table",
@@ -43,6 +45,10 @@ COLUMNS = [
     "memory_vs_eval",
     "memory_vs_deploy",
     "page_faults",
+    "peak_saved_mb",
+    "compile_s",
+    "time_vs_tune",
+    "note",
 ]
 
 
@@ -53,7 +59,7 @@ def _ratio(value: float, ref: Optional[float]) -> Optional[float]:
 def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
     """One row per result of a setting, with its ratios to the eval and deploy results of that setting."""
     by_mode = {r.mode: r for r in results}
-    eval_r, deploy_r = by_mode.get("eval"), by_mode.get("deploy")
+    eval_r, deploy_r, tune_r = by_mode.get("eval"), by_mode.get("deploy"), by_mode.get("tune")
     rows = []
     for r in results:
         rows.append(
@@ -74,6 +80,10 @@ def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
                 "memory_vs_eval": _ratio(r.activation_bytes, eval_r and eval_r.activation_bytes),
                 "memory_vs_deploy": _ratio(r.activation_bytes, deploy_r and deploy_r.activation_bytes),
                 "page_faults": int(statistics.median(r.page_faults)) if r.page_faults else None,
+                "peak_saved_mb": None if r.peak_saved_bytes is None else r.peak_saved_bytes / MIB,
+                "compile_s": None if r.first_s is None else max(r.first_s - r.median, 0.0),
+                "time_vs_tune": _ratio(r.median, tune_r and tune_r.median),
+                "note": r.note or None,
             }
         )
     return rows
@@ -86,28 +96,40 @@ def _fmt(value, spec: str) -> str:
 def format_table(rows: List[dict], modes: Sequence[str]) -> str:
     """Appendix E layout: one line per setting, time (s/iter) and memory (MiB) per mode, then ratios."""
     settings = sorted({(r["batch_size"], r["input_size"]) for r in rows})
-    head = f"{'batch x size':>13} |" + "".join(f" {m:>19} |" for m in modes)
-    sub = f"{'':>13} |" + "".join(f" {'time s':>8} {'act MiB':>10} |" for _ in modes)
+    wide = [m for m in modes if m not in PEER_MODES]  # the peers are in the long table below
+    head = f"{'batch x size':>13} |" + "".join(f" {m:>19} |" for m in wide)
+    sub = f"{'':>13} |" + "".join(f" {'time s':>8} {'act MiB':>10} |" for _ in wide)
     lines = [head, sub, "-" * len(head)]
     for bs, size in settings:
         cells = {r["mode"]: r for r in rows if (r["batch_size"], r["input_size"]) == (bs, size)}
         line = f"{f'{bs} x {size}':>13} |"
-        for m in modes:
+        for m in wide:
             r = cells[m]
             line += f" {r['median_s']:>8.4f} {r['activation_mb']:>10.1f} |"
         lines.append(line)
     lines.append("")
     lines.append(
-        f"{'batch x size':>13} {'mode':>12} {'time/eval':>10} {'time/deploy':>12} "
-        f"{'mem/eval':>9} {'mem/deploy':>11} {'faults/iter':>12}"
+        f"{'batch x size':>13} {'mode':>15} {'time s':>8} {'time/eval':>10} {'time/deploy':>12} "
+        f"{'time/tune':>10} {'act MiB':>9} {'mem/eval':>9} {'mem/deploy':>11} {'peak MiB':>9} "
+        f"{'compile s':>10} {'faults/iter':>12}"
     )
     for r in rows:
         setting = f"{r['batch_size']} x {r['input_size']}"
         lines.append(
-            f"{setting:>13} {r['mode']:>12} {_fmt(r['time_vs_eval'], '.3f'):>10} "
-            f"{_fmt(r['time_vs_deploy'], '.3f'):>12} {_fmt(r['memory_vs_eval'], '.3f'):>9} "
-            f"{_fmt(r['memory_vs_deploy'], '.3f'):>11} {_fmt(r['page_faults'], 'd'):>12}"
+            f"{setting:>13} {r['mode']:>15} {r['median_s']:>8.4f} {_fmt(r['time_vs_eval'], '.3f'):>10} "
+            f"{_fmt(r['time_vs_deploy'], '.3f'):>12} {_fmt(r['time_vs_tune'], '.3f'):>10} "
+            f"{r['activation_mb']:>9.1f} {_fmt(r['memory_vs_eval'], '.3f'):>9} "
+            f"{_fmt(r['memory_vs_deploy'], '.3f'):>11} {_fmt(r['peak_saved_mb'], '.1f'):>9} "
+            f"{_fmt(r['compile_s'], '.1f'):>10} {_fmt(r['page_faults'], 'd'):>12}"
         )
+    notes = sorted({f"{r['mode']}: {r['note']}" for r in rows if r.get("note")})
+    if notes:
+        lines += [""] + [f"note: {n}" for n in notes]
+    lines += [
+        "",
+        "act MiB: saved for backward by the forward; peak MiB: the step's largest live total of saved "
+        "tensors, recomputation included; compile s: first iteration minus the median",
+    ]
     return "\n".join(lines)
 
 
@@ -120,21 +142,44 @@ TARGETS: Tuple[Tuple[str, str, float], ...] = (
 )
 
 
+#: Targets against the peers: (label, mode, reference mode, column compared, upper limit).
+PEER_TARGETS: Tuple[Tuple[str, str, str, str, float], ...] = (
+    ("memory tune/compiled-pass", "tune", "compiled-pass", "activation_mb", 0.92),
+    ("memory c-tune/c-deploy", "compiled-tune", "compiled-deploy", "activation_mb", 1.01),
+    ("time c-tune/c-pass", "compiled-tune", "compiled-pass", "median_s", 1.00),
+    ("time c-tune/c-deploy", "compiled-tune", "compiled-deploy", "median_s", 1.03),
+    ("memory tune+ckpt/tune", "tune+ckpt", "tune", "activation_mb", 1.00),
+    ("peak tune+ckpt/eval+ckpt", "tune+ckpt", "eval+ckpt", "peak_saved_mb", 0.60),
+    ("peak tune/eval", "tune", "eval", "peak_saved_mb", 0.60),
+)
+
+
+def _peer_ratios(rows: List[dict], settings: List[Tuple[int, int]]) -> List[Tuple[str, float, List[float]]]:
+    """(label, limit, ratio per setting) of each :data:`PEER_TARGETS` entry whose modes the run holds."""
+    cell = {(r["batch_size"], r["input_size"], r["mode"]): r for r in rows}
+    found = []
+    for label, mode, ref, column, limit in PEER_TARGETS:
+        pairs = [(cell.get((*s, mode)), cell.get((*s, ref))) for s in settings]
+        if all(a is not None and b is not None and a[column] and b[column] for a, b in pairs):
+            found.append((label, limit, [a[column] / b[column] for a, b in pairs]))
+    return found
+
+
 def format_targets(rows: List[dict]) -> Optional[str]:
     """Tune's ratios against each target, per setting, and whether every setting meets it; None when
     the run lacks tune or the modes a target compares with."""
     tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
-    settings = sorted(tune)
+    settings = sorted(tune) or sorted({(r["batch_size"], r["input_size"]) for r in rows})
     if not settings:
         return None
-    lines = [f"{'target':>26}" + "".join(f" {f'{b} x {s}':>9}" for b, s in settings) + "  met"]
-    for label, column, limit in TARGETS:
-        values = [tune[setting][column] for setting in settings]
+    lines = [f"{'target':>34}" + "".join(f" {f'{b} x {s}':>9}" for b, s in settings) + "  met"]
+    checks = [(label, limit, [tune[s][column] for s in settings]) for label, column, limit in TARGETS if tune]
+    for label, limit, values in checks + _peer_ratios(rows, settings):
         if any(v is None for v in values):
             continue
         within = sum(v <= limit for v in values)
         met = "yes" if within == len(values) else f"no, {within} of {len(values)} within"
-        lines.append(f"{f'{label} <= {limit:.2f}':>26}" + "".join(f" {v:>9.3f}" for v in values) + f"  {met}")
+        lines.append(f"{f'{label} <= {limit:.2f}':>34}" + "".join(f" {v:>9.3f}" for v in values) + f"  {met}")
     return "\n".join(lines) if len(lines) > 1 else None
 
 
