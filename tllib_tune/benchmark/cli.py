@@ -23,7 +23,7 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -55,6 +55,18 @@ def _int_list(text: str) -> List[int]:
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _setting_list(text: str) -> List[Tuple[int, int]]:
+    pairs = []
+    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+        batch, _, size = item.partition("x")
+        if not (batch.strip().isdigit() and size.strip().isdigit()) or min(int(batch), int(size)) < 1:
+            raise argparse.ArgumentTypeError(f"expected BATCHxSIZE pairs such as 8x112,16x224, got {item!r}")
+        pairs.append((int(batch), int(size)))
+    if not pairs:
+        raise argparse.ArgumentTypeError(f"expected BATCHxSIZE pairs such as 8x112,16x224, got {text!r}")
+    return pairs
 
 
 def _mode_list(text: str) -> List[str]:
@@ -98,6 +110,12 @@ def benchmark_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", type=_int_list, default=[8], help="comma-separated, e.g. 8,16,32")
     parser.add_argument("--input-sizes", type=_int_list, default=[160], help="comma-separated, e.g. 112,160")
     parser.add_argument(
+        "--settings",
+        type=_setting_list,
+        default=None,
+        help="BATCHxSIZE pairs, e.g. 8x112,16x224, instead of every --batch-sizes x --input-sizes",
+    )
+    parser.add_argument(
         "--modes",
         type=_mode_list,
         default=list(DEFAULT_MODES),
@@ -127,6 +145,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None)
     _check_common(parser, args)
     if args.amp == "fp16" and not args.device.startswith("cuda"):
         parser.error("--amp fp16 needs --device cuda; on the CPU use --amp bf16 or none")
+    if args.settings:
+        args.batch_sizes = sorted({b for b, _ in args.settings})
+        args.input_sizes = sorted({s for _, s in args.settings})
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if args.num_classes < 1:
@@ -188,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     except OSError as exc:
         print_error(parser.prog, f"--out {args.out}: {exc.strerror}; choose a writable directory")
         return 2
-    settings = [(b, s) for b in args.batch_sizes for s in args.input_sizes]
+    settings = args.settings or [(b, s) for b in args.batch_sizes for s in args.input_sizes]
     compiled = sum(m in COMPILED_MODES for m in args.modes)
     total = len(settings) * ((args.warmup + args.repeats) * len(args.modes) + compiled)
     rows: List[dict] = []
