@@ -177,3 +177,17 @@ def test_target_classes_of_a_genus_share_coarse_appearance(tmp_path):
     genus = np.arange(20) // 5
     same = dist[(genus[:, None] == genus[None]) & ~np.eye(20, dtype=bool)].mean()
     assert same < 0.7 * dist[genus[:, None] != genus[None]].mean()
+
+
+def test_mark_scale_enlarges_only_the_mark(tmp_path):
+    """mark_scale changes the species mark and nothing else: same random draws, same background."""
+    a = np.asarray(synthetic_module._render(7, 2, 0, 64), dtype=np.int16)
+    b = np.asarray(synthetic_module._render(7, 2, 0, 64, mark_scale=1.5), dtype=np.int16)
+    changed = np.abs(a - b).max(axis=-1) > 40
+    assert 10 < changed.sum() < 0.1 * changed.size  # a few dozen pixels around the mark
+    ys, xs = np.nonzero(changed)
+    assert np.ptp(ys) < 32 and np.ptp(xs) < 32
+    base = ensure_synthetic(tmp_path, progress=False, mark_scale=1.5, **SMALL)
+    assert json.loads((base / synthetic_module.MARKER).read_text())["mark_scale"] == 1.5
+    with pytest.raises(ValueError, match="mark_scale"):
+        ensure_synthetic(tmp_path / "bad", progress=False, mark_scale=4, **SMALL)

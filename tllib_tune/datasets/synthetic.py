@@ -91,8 +91,12 @@ def synthetic_class_names(num_classes: int, variant: str = "source") -> List[str
     return [f"{cs.bodies[c // len(cs.marks)]}_{cs.marks[c % len(cs.marks)]}" for c in range(num_classes)]
 
 
-def _check_params(num_classes: int, images_per_class: int, image_size: int, variant: str = "source") -> None:
+def _check_params(
+    num_classes: int, images_per_class: int, image_size: int, variant: str = "source", mark_scale: float = 1.0
+) -> None:
     cs = _class_set(variant)
+    if not isinstance(mark_scale, (int, float)) or not 0.5 <= mark_scale <= 2.5:
+        raise ValueError(f"synthetic mark_scale must be a number in 0.5..2.5, got {mark_scale!r}")
     limit = len(cs.bodies) * len(cs.marks)
     if not 2 <= num_classes <= limit:
         raise ValueError(
@@ -196,9 +200,11 @@ def _draw_mark(draw: ImageDraw.ImageDraw, mark: str, cx: float, cy: float, r: fl
         )
 
 
-def _render(label: int, index: int, seed: int, image_size: int, variant: str = "source") -> Image.Image:
+def _render(
+    label: int, index: int, seed: int, image_size: int, variant: str = "source", mark_scale: float = 1.0
+) -> Image.Image:
     """One image of class ``label``; all randomness comes from a generator seeded by (seed, label, index)
-    and the variant."""
+    and the variant. ``mark_scale`` multiplies the species mark's size (not the random draws)."""
     cs = _class_set(variant)
     rng = np.random.default_rng([seed, label, index, VERSION, *cs.stream])
     genus, species = divmod(label, len(cs.marks))
@@ -248,7 +254,7 @@ def _render(label: int, index: int, seed: int, image_size: int, variant: str = "
     mark_col = _rgb(mark_hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0) if rng.random() < 0.5 else 0.2)
     mx = c - length * rng.uniform(0.02, 0.12)
     my = c + width * rng.uniform(-0.08, 0.08)
-    _draw_mark(draw, mark, mx, my, size * rng.uniform(0.065, 0.08), mark_col)
+    _draw_mark(draw, mark, mx, my, size * rng.uniform(0.065, 0.08) * mark_scale, mark_col)
 
     # Pose: mirror, rotate, scale, shift.
     if rng.random() < 0.5:
@@ -270,7 +276,12 @@ def _render(label: int, index: int, seed: int, image_size: int, variant: str = "
 
 
 def _params(
-    seed: int, num_classes: int, images_per_class: int, image_size: int, variant: str = "source"
+    seed: int,
+    num_classes: int,
+    images_per_class: int,
+    image_size: int,
+    variant: str = "source",
+    mark_scale: float = 1.0,
 ) -> Dict[str, object]:
     params: Dict[str, object] = {
         "generator": "tllib_tune.datasets.synthetic",
@@ -280,8 +291,11 @@ def _params(
         "images_per_class": images_per_class,
         "image_size": image_size,
     }
-    if variant != "source":  # the source set's marker stays what it always was
+    # options at their defaults stay out: the original set's marker is what it always was
+    if variant != "source":
         params["variant"] = variant
+    if mark_scale != 1.0:
+        params["mark_scale"] = mark_scale
     return params
 
 
@@ -293,13 +307,15 @@ def generate_synthetic(
     image_size: int = 96,
     progress: bool = True,
     variant: str = "source",
+    mark_scale: float = 1.0,
 ) -> Path:
     """Write the set into the (new or empty) folder ``dest`` in the CUB_200_2011 layout; returns ``dest``.
 
-    ``variant`` chooses the classes (see :data:`VARIANTS`). Not atomic by itself: :func:`ensure_synthetic`
-    calls it on a temporary folder and renames.
+    ``variant`` chooses the classes (see :data:`VARIANTS`); ``mark_scale`` enlarges (> 1) or shrinks the
+    species marks, the detail that tells a genus's classes apart. Not atomic by itself:
+    :func:`ensure_synthetic` calls it on a temporary folder and renames.
     """
-    _check_params(num_classes, images_per_class, image_size, variant)
+    _check_params(num_classes, images_per_class, image_size, variant, mark_scale)
     dest = Path(dest)
     (dest / "images").mkdir(parents=True, exist_ok=True)
     names = synthetic_class_names(num_classes, variant)
@@ -314,7 +330,7 @@ def generate_synthetic(
             for index in range(images_per_class):
                 image_id = label * images_per_class + index + 1
                 rel = f"{folder}/{names[label]}_{index + 1:04d}.jpg"
-                image = _render(label, index, seed, image_size, variant)
+                image = _render(label, index, seed, image_size, variant, mark_scale)
                 image.save(dest / "images" / rel, quality=_JPEG_QUALITY)
                 images.append(f"{image_id} {rel}")
                 labels.append(f"{image_id} {label + 1}")
@@ -324,7 +340,7 @@ def generate_synthetic(
     (dest / "images.txt").write_text("\n".join(images) + "\n")
     (dest / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (dest / "train_test_split.txt").write_text("\n".join(split) + "\n")
-    params = _params(seed, num_classes, images_per_class, image_size, variant)
+    params = _params(seed, num_classes, images_per_class, image_size, variant, mark_scale)
     (dest / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return dest
 
@@ -344,6 +360,7 @@ def ensure_synthetic(
     image_size: int = 96,
     progress: bool = True,
     variant: str = "source",
+    mark_scale: float = 1.0,
 ) -> Path:
     """Generate the set under ``root/CUB_200_2011`` unless it is already there; returns that folder.
 
@@ -352,10 +369,10 @@ def ensure_synthetic(
     included), or a real CUB-200 folder, is never overwritten: that is an error naming the folder. The
     source and target variants therefore live under different roots.
     """
-    _check_params(num_classes, images_per_class, image_size, variant)
+    _check_params(num_classes, images_per_class, image_size, variant, mark_scale)
     root = Path(os.path.expanduser(str(root)))
     base = root / CUB_DIR
-    wanted = _params(seed, num_classes, images_per_class, image_size, variant)
+    wanted = _params(seed, num_classes, images_per_class, image_size, variant, mark_scale)
 
     def check_existing() -> Path:
         found = _existing_params(base)
@@ -377,7 +394,14 @@ def ensure_synthetic(
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root))
     try:
         generate_synthetic(
-            tmp / CUB_DIR, seed, num_classes, images_per_class, image_size, progress=progress, variant=variant
+            tmp / CUB_DIR,
+            seed,
+            num_classes,
+            images_per_class,
+            image_size,
+            progress=progress,
+            variant=variant,
+            mark_scale=mark_scale,
         )
         try:
             os.rename(tmp / CUB_DIR, base)
@@ -411,6 +435,7 @@ class SyntheticFineGrained(CUB200):
         image_size: int = 96,
         check_files: bool = True,
         variant: str = "source",
+        mark_scale: float = 1.0,
     ) -> None:
         # ``download`` is accepted for a uniform signature: the set is generated locally, never downloaded.
         check_split(split)
@@ -422,6 +447,7 @@ class SyntheticFineGrained(CUB200):
             images_per_class=images_per_class,
             image_size=image_size,
             variant=variant,
+            mark_scale=mark_scale,
         )
         super().__init__(
             root,

@@ -14,9 +14,8 @@ from typing import List, NoReturn, Optional, Sequence
 
 import torch
 
-from ..common import suggest
 from ..datasets import DatasetError
-from .experiment import run_experiment
+from .experiment import check_modes, check_seeds, run_experiment
 from .progress import Progress
 from .settings import DEFAULT, FAST, MODES
 
@@ -65,20 +64,17 @@ def _seeds(text: str) -> List[int]:
         raise UsageError(
             f"--seeds {text!r}: expected comma-separated non-negative integers, e.g. --seeds 0,1,2"
         )
-    seeds = [int(p) for p in parts]
-    if len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {text!r} repeats a seed; give each seed once, e.g. --seeds 0,1,2")
-    return seeds
+    try:
+        return check_seeds([int(p) for p in parts])
+    except ValueError as exc:
+        raise UsageError(f"--seeds {text!r}: {exc}; e.g. --seeds 0,1,2") from None
 
 
 def _modes(text: str) -> List[str]:
-    modes = [m.strip().lower() for m in text.split(",")]
-    for mode in modes:
-        if mode not in MODES:
-            raise UsageError(f"--modes: unknown mode {mode!r}; {suggest(mode, MODES, n=1)}")
-    if len(set(modes)) != len(modes):
-        raise UsageError(f"--modes {text!r} repeats a mode; give each mode once")
-    return modes
+    try:
+        return check_modes([m.strip().lower() for m in text.split(",")])
+    except ValueError as exc:
+        raise UsageError(f"--modes {text!r}: {exc}") from None
 
 
 def _threads(text: str) -> int:

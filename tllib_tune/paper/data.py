@@ -29,7 +29,7 @@ def synthetic_root(data_dir: Path, params: Dict[str, Any]) -> Path:
 def load_sets(settings: Settings, data_dir: Path, variant: str, progress: bool = False) -> Dict[str, Any]:
     """``{"train", "train_plain", "test", "num_classes", "root"}`` of the source or target set,
     generating it on first use. ``train_plain`` is the training split with the test transform."""
-    params = settings.source_params() if variant == "source" else settings.target_params()
+    params = settings.dataset_params(variant)
     root = synthetic_root(data_dir, params)
     ensure_synthetic(root, progress=progress, **params)  # the readers below would generate it silently
     train_tf = get_train_transform(settings.input_size, scale=settings.crop_scale)

@@ -39,7 +39,7 @@ def check_modes(modes: Sequence[str]) -> List[str]:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; {suggest(mode, MODES, n=1)}")
     if len(set(modes)) != len(modes):
-        raise ValueError(f"modes repeat a mode: {modes}")
+        raise ValueError(f"modes repeat a mode ({', '.join(modes)}); give each mode once")
     return modes
 
 
@@ -49,7 +49,7 @@ def check_seeds(seeds: Sequence[int]) -> List[int]:
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be one or more non-negative integers, got {seeds}")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds repeat a seed: {seeds}")
+        raise ValueError(f"seeds repeat a seed ({', '.join(map(str, seeds))}); give each seed once")
     return seeds
 
 
@@ -63,7 +63,7 @@ def _load() -> str:
 def describe(run: RunResult) -> str:
     """One line on a finished run."""
     text = (
-        f"{run.mode} seed {run.seed}: top-1 {report._fmt(run.acc1)} %, {run.activation_mib:.1f} MiB saved "
+        f"{run.mode} seed {run.seed}: top-1 {report.fmt(run.acc1)} %, {run.activation_mib:.1f} MiB saved "
         f"for backward, {run.s_per_it:.3f} s/it ({run.seconds:.0f} s)"
     )
     return text + (f"; diverged: {run.diverged}" if run.diverged else "")
@@ -114,7 +114,7 @@ def _scratch(settings: Settings, sets: Dict[str, Any], seed: int, progress: Prog
         "transfer check: train mode from random weights", settings.epochs * settings.iters_per_epoch
     ) as step:
         run = finetune(settings, sets, None, "train", seed, step=step)
-    progress.say(f"from scratch (seed {seed}): target top-1 {report._fmt(run.acc1)} %")
+    progress.say(f"from scratch (seed {seed}): target top-1 {report.fmt(run.acc1)} %")
     return run
 
 

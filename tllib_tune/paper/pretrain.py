@@ -18,12 +18,11 @@ import torch
 from torch import Tensor
 
 from ..common import atomic_write
-from ..engine import build_optimizer, train_one_epoch, validate
 from ..utils.logger import write_json_atomic
-from .data import eval_loader, load_sets, train_loader
+from .data import load_sets
 from .progress import Progress
 from .settings import Settings, settings_checksum
-from .transfer import build_classifier
+from .transfer import build_classifier, fit, test_accuracy
 
 __all__ = ["cache_path", "pretrained_backbone", "pretrain", "load_cached"]
 
@@ -56,34 +55,18 @@ def pretrain(settings: Settings, data_dir: Path, progress: Progress) -> Tuple[St
     model = build_classifier(
         settings.arch, sets["num_classes"], backbone_state=None, seed=settings.pretrain_seed
     )
-    optimizer, scheduler = build_optimizer(
-        model.get_parameters(settings.pretrain_lr),
-        lr=settings.pretrain_lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        milestones=settings.pretrain_milestones,
-    )
-    loader, sampler = train_loader(
-        sets["train"], settings.batch_size, settings.pretrain_iters_per_epoch, settings.pretrain_seed
-    )
-    total = settings.pretrain_epochs * settings.pretrain_iters_per_epoch
-    stats: Dict[str, float] = {}
+    recipe = settings.for_pretraining()
+    total = recipe.epochs * recipe.iters_per_epoch
     with progress.phase(f"pretraining {settings.arch} on the source set (train mode)", total) as step:
-        for epoch in range(settings.pretrain_epochs):
-            sampler.set_epoch(epoch)
-            stats = train_one_epoch(
-                model, loader, optimizer, epoch=epoch, iters_per_epoch=settings.pretrain_iters_per_epoch,
-                on_step=lambda i, v: step(note=f"loss {v['loss']:.3f}"), progress=False,
-                measure_activations=False,
-            )  # fmt: skip
-            scheduler.step()
-    test = validate(model, eval_loader(sets["test"], 4 * settings.batch_size), progress=False)
+        fitted = fit(model, sets["train"], recipe, settings.pretrain_seed, step=step)
+    if fitted["diverged"]:
+        raise RuntimeError(f"pretraining diverged ({fitted['diverged']}); lower the pretraining lr")
     info = {
         "source_classes": sets["num_classes"],
         "source_train_images": len(sets["train"]),
-        "source_train_loss": stats["loss"],
-        "source_train_acc1": stats["acc1"],
-        "source_test_acc1": test["acc1"],
+        "source_train_loss": fitted["train_loss"],
+        "source_train_acc1": fitted["train_acc1"],
+        "source_test_acc1": test_accuracy(model, sets["test"], 4 * settings.batch_size),
         "seconds": time.perf_counter() - start,
         "threads": torch.get_num_threads(),
     }

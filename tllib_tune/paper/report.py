@@ -84,7 +84,8 @@ def comparisons(rows: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [compare(rows, m, b) for m, b in COMPARISONS if m in rows and b in rows]
 
 
-def _fmt(value: Any, digits: int = 2, sign: bool = False) -> str:
+def fmt(value: Any, digits: int = 2, sign: bool = False) -> str:
+    """A number for the tables: fixed digits, optionally signed; None, NaN and inf as "n/a"."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
@@ -97,18 +98,18 @@ def main_table(rows: Dict[str, Dict[str, Any]]) -> List[str]:
         "|---|---|---|---|",
     ]
     for r in rows.values():
-        acc = f"{_fmt(r['acc1_mean'])} (± {_fmt(r['acc1_std'])})"
+        acc = f"{fmt(r['acc1_mean'])} (± {fmt(r['acc1_std'])})"
         if r["diverged"]:
             acc += f", {r['diverged']} of {r['seeds']} runs diverged"
-        lines.append(f"| {r['row']} | {acc} | {_fmt(r['activation_mib'], 1)} | {_fmt(r['s_per_it'], 3)} |")
+        lines.append(f"| {r['row']} | {acc} | {fmt(r['activation_mib'], 1)} | {fmt(r['s_per_it'], 3)} |")
     for c in comparisons(rows):
         m, b = c["row"].split(" vs ")
         mem = rows[m]["activation_mib"] - rows[b]["activation_mib"]
         sec = rows[m]["s_per_it"] - rows[b]["s_per_it"]
         lines.append(
-            f"| **{c['row']}** | {_fmt(c['acc1_diff'], sign=True)} | {_fmt(mem, 1, True)} "
-            f"({_fmt(c['activation_saving_pct'], 1)} % saved) | {_fmt(sec, 3, True)} "
-            f"({_fmt(c['time_saving_pct'], 1)} % saved) |"
+            f"| **{c['row']}** | {fmt(c['acc1_diff'], sign=True)} | {fmt(mem, 1, True)} "
+            f"({fmt(c['activation_saving_pct'], 1)} % saved) | {fmt(sec, 3, True)} "
+            f"({fmt(c['time_saving_pct'], 1)} % saved) |"
         )
     return lines
 
@@ -121,11 +122,11 @@ def seed_table(runs: Sequence[Dict[str, Any]], modes: Sequence[str], seeds: Sequ
     ]
     for mode in modes:
         by_seed = {r["seed"]: r for r in runs if r["mode"] == mode and r["pretrained"]}
-        cells = [_fmt(by_seed[s]["acc1"]) if s in by_seed else "" for s in seeds]
+        cells = [fmt(by_seed[s]["acc1"]) if s in by_seed else "" for s in seeds]
         accs = _finite([r["acc1"] for r in by_seed.values()])
         spread = [
-            _fmt(statistics.mean(accs)) if accs else "n/a",
-            _fmt(statistics.stdev(accs)) if len(accs) > 1 else "n/a",
+            fmt(statistics.mean(accs)) if accs else "n/a",
+            fmt(statistics.stdev(accs)) if len(accs) > 1 else "n/a",
         ]
         lines.append(f"| {mode} | " + " | ".join(cells + spread) + " |")
     return lines
@@ -140,8 +141,8 @@ def equality_table(entries: Sequence[Dict[str, Any]]) -> List[str]:
     ]
     for e in entries:
         lines.append(
-            f"| {e['seed']} | {_fmt(e['eval_acc1'])} | {_fmt(e['tune_acc1'])} "
-            f"| {_fmt(e['acc1_diff'], sign=True)} | {e['max_abs_param_diff']:.2e} "
+            f"| {e['seed']} | {fmt(e['eval_acc1'])} | {fmt(e['tune_acc1'])} "
+            f"| {fmt(e['acc1_diff'], sign=True)} | {e['max_abs_param_diff']:.2e} "
             f"| {e['max_abs_loss_diff']:.2e} |"
         )
     return lines
@@ -283,7 +284,7 @@ def _header(summary: Dict[str, Any]) -> List[str]:
         "",
         f"Settings: {'--fast' if summary['fast'] else 'defaults'}; {s['arch']} at {s['input_size']} px, "
         f"pretrained in train mode on {pre['source_classes']} source classes "
-        f"({pre['source_train_images']} images, source test top-1 {_fmt(pre['source_test_acc1'])} %); "
+        f"({pre['source_train_images']} images, source test top-1 {fmt(pre['source_test_acc1'])} %); "
         f"fine-tuned on {summary['target_classes']} new target classes ({summary['target_train_images']} "
         f"training / {summary['target_test_images']} test images) for {s['epochs']} x "
         f"{s['iters_per_epoch']} steps of batch {s['batch_size']}, lr {s['lr']} (backbone 0.1x), "
@@ -313,9 +314,9 @@ def render_markdown(summary: Dict[str, Any]) -> str:
         "",
         "| backbone | target top-1 |",
         "|---|---|",
-        f"| source-pretrained | {_fmt(transfer['pretrained_acc1'])} |",
-        f"| random initialisation | {_fmt(transfer['scratch_acc1'])} |",
-        f"| chance | {_fmt(transfer['chance_acc1'])} |",
+        f"| source-pretrained | {fmt(transfer['pretrained_acc1'])} |",
+        f"| random initialisation | {fmt(transfer['scratch_acc1'])} |",
+        f"| chance | {fmt(transfer['chance_acc1'])} |",
         "",
         "## Figure 2",
         "",

@@ -30,6 +30,7 @@ class Settings:
     image_size: int = 72  # generated images; crops of input_size are trained on
     input_size: int = 64
     crop_scale: Tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area: the marks are small
+    mark_scale: float = 1.5  # species marks 1.5x the quick start's: learnable within the pretraining budget
     data_seed: int = 0
     # source set (pretraining): 30 classes, half of each class's images for training
     source_classes: int = 30
@@ -38,10 +39,10 @@ class Settings:
     target_classes: int = 20
     target_images_per_class: int = 60
     # pretraining in train mode from random initialisation
-    pretrain_epochs: int = 6
+    pretrain_epochs: int = 9
     pretrain_iters_per_epoch: int = 100
-    pretrain_lr: float = 0.05
-    pretrain_milestones: Tuple[int, ...] = (4,)
+    pretrain_lr: float = 0.03
+    pretrain_milestones: Tuple[int, ...] = (7,)
     pretrain_seed: int = 0
     # fine-tuning: TLlib's recipe (backbone at 0.1 x lr, SGD Nesterov, MultiStepLR per epoch)
     batch_size: int = 32
@@ -55,24 +56,18 @@ class Settings:
     float64_steps: int = 10
     float64_batch: int = 8
 
-    def source_params(self) -> Dict[str, Any]:
-        """Keyword arguments of the synthetic source set (``get_dataset("synthetic", root, **...)``)."""
+    def dataset_params(self, variant: str) -> Dict[str, Any]:
+        """Keyword arguments of the synthetic "source" or "target" set (``get_dataset("synthetic", ...)``)."""
+        if variant not in ("source", "target"):
+            raise ValueError(f"variant must be 'source' or 'target', got {variant!r}")
+        source = variant == "source"
         return dict(
-            variant="source",
+            variant=variant,
             seed=self.data_seed,
-            num_classes=self.source_classes,
-            images_per_class=self.source_images_per_class,
+            num_classes=self.source_classes if source else self.target_classes,
+            images_per_class=self.source_images_per_class if source else self.target_images_per_class,
             image_size=self.image_size,
-        )
-
-    def target_params(self) -> Dict[str, Any]:
-        """Keyword arguments of the synthetic target set."""
-        return dict(
-            variant="target",
-            seed=self.data_seed,
-            num_classes=self.target_classes,
-            images_per_class=self.target_images_per_class,
-            image_size=self.image_size,
+            mark_scale=self.mark_scale,
         )
 
     def pretrain_identity(self) -> Dict[str, Any]:
@@ -80,7 +75,7 @@ class Settings:
         return {
             "version": PRETRAIN_VERSION,
             "arch": self.arch,
-            "source": self.source_params(),
+            "source": self.dataset_params("source"),
             "input_size": self.input_size,
             "crop_scale": list(self.crop_scale),
             "batch_size": self.batch_size,
@@ -92,6 +87,16 @@ class Settings:
             "weight_decay": self.weight_decay,
             "seed": self.pretrain_seed,
         }
+
+    def for_pretraining(self) -> Settings:
+        """These settings with the fine-tuning recipe's fields set to the pretraining's (for ``fit``)."""
+        return dataclasses.replace(
+            self,
+            lr=self.pretrain_lr,
+            epochs=self.pretrain_epochs,
+            iters_per_epoch=self.pretrain_iters_per_epoch,
+            lr_milestones=self.pretrain_milestones,
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -10,7 +10,6 @@ MiB of one iteration, the median seconds per iteration and the per-step training
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,16 @@ from ..modules.modes import set_mode
 from .data import eval_loader, train_loader
 from .settings import Settings
 
-__all__ = ["RunResult", "build_classifier", "apply_mode", "finetune", "trainable_state", "max_abs_difference"]
+__all__ = [
+    "RunResult",
+    "build_classifier",
+    "apply_mode",
+    "fit",
+    "test_accuracy",
+    "finetune",
+    "trainable_state",
+    "max_abs_difference",
+]
 
 
 @dataclass
@@ -100,6 +108,61 @@ def _median_interval(stamps: List[List[float]]) -> float:
     return statistics.median(gaps) if gaps else float("nan")
 
 
+def fit(
+    model: nn.Module,
+    dataset: Any,
+    settings: Settings,
+    seed: int,
+    *,
+    step: Optional[Callable[..., None]] = None,
+    label: str = "",
+) -> Dict[str, Any]:
+    """Train ``model`` on ``dataset`` with the recipe in ``settings`` (lr, epochs, iters_per_epoch,
+    lr_milestones, batch_size, momentum, weight_decay); data order and augmentation from ``seed``.
+
+    Returns ``losses`` (per step), ``train_loss``/``train_acc1`` (last epoch), ``activation_mib`` (first
+    step), ``s_per_it`` (median step time) and ``diverged`` (None, or where the loss became inf/NaN)."""
+    optimizer, scheduler = build_optimizer(
+        model.get_parameters(settings.lr),  # type: ignore[operator]
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        milestones=settings.lr_milestones,
+    )
+    loader, sampler = train_loader(dataset, settings.batch_size, settings.iters_per_epoch, seed)
+    losses: List[float] = []
+    stamps: List[List[float]] = []
+
+    def on_step(iteration: int, values: Dict[str, float]) -> None:
+        stamps[-1].append(time.perf_counter())
+        losses.append(values["loss"])
+        if step is not None:
+            step(note=f"{label} loss {values['loss']:.3f}".strip())
+
+    nan = float("nan")
+    result: Dict[str, Any] = {"activation_mib": nan, "diverged": None, "train_loss": nan, "train_acc1": nan}
+    try:
+        for epoch in range(settings.epochs):
+            sampler.set_epoch(epoch)
+            stamps.append([])
+            stats = train_one_epoch(
+                model, loader, optimizer, epoch=epoch, iters_per_epoch=settings.iters_per_epoch,
+                on_step=on_step, progress=False, measure_activations=epoch == 0,
+            )  # fmt: skip
+            if epoch == 0:
+                result["activation_mib"] = stats["activations_mb"]
+            result.update(train_loss=stats["loss"], train_acc1=stats["acc1"])
+            scheduler.step()
+    except NonFiniteLossError as exc:
+        result.update(diverged=str(exc), train_loss=nan, train_acc1=nan)
+    return {**result, "losses": losses, "s_per_it": _median_interval(stamps)}
+
+
+def test_accuracy(model: nn.Module, dataset: Any, batch_size: int) -> float:
+    """Top-1 (percent) on ``dataset`` in ``model.eval()``."""
+    return validate(model, eval_loader(dataset, batch_size), progress=False)["acc1"]
+
+
 def finetune(
     settings: Settings,
     sets: Dict[str, Any],
@@ -117,53 +180,18 @@ def finetune(
     model = build_classifier(
         settings.arch, sets["num_classes"], backbone_state=backbone_state, seed=seed, mode=mode
     )
-    optimizer, scheduler = build_optimizer(
-        model.get_parameters(settings.lr),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        milestones=settings.lr_milestones,
-    )
-    loader, sampler = train_loader(sets["train"], settings.batch_size, settings.iters_per_epoch, seed)
-    losses: List[float] = []
-    stamps: List[List[float]] = []
-
-    def on_step(iteration: int, values: Dict[str, float]) -> None:
-        stamps[-1].append(time.perf_counter())
-        losses.append(values["loss"])
-        if step is not None:
-            step(note=f"{mode} seed {seed} loss {values['loss']:.3f}")
-
-    activation, diverged, stats = float("nan"), None, {"loss": float("nan")}
-    try:
-        for epoch in range(settings.epochs):
-            sampler.set_epoch(epoch)
-            stamps.append([])
-            stats = train_one_epoch(
-                model, loader, optimizer, epoch=epoch, iters_per_epoch=settings.iters_per_epoch,
-                on_step=on_step, progress=False, measure_activations=epoch == 0,
-            )  # fmt: skip
-            activation = stats["activations_mb"] if epoch == 0 else activation
-            scheduler.step()
-    except NonFiniteLossError as exc:
-        diverged = str(exc)
-    acc1 = float("nan")
-    if diverged is None:
-        acc1 = validate(model, eval_loader(sets["test"], 4 * settings.batch_size), progress=False)["acc1"]
+    fitted = fit(model, sets["train"], settings, seed, step=step, label=f"{mode} seed {seed}")
+    diverged = fitted["diverged"]
     return RunResult(
         mode=mode,
         seed=seed,
         pretrained=backbone_state is not None,
-        acc1=acc1,
-        train_loss=stats["loss"] if diverged is None else float("nan"),
-        activation_mib=activation,
-        s_per_it=_median_interval(stamps),
+        acc1=float("nan") if diverged else test_accuracy(model, sets["test"], 4 * settings.batch_size),
+        train_loss=fitted["train_loss"],
+        activation_mib=fitted["activation_mib"],
+        s_per_it=fitted["s_per_it"],
         seconds=time.perf_counter() - start,
-        losses=losses,
+        losses=fitted["losses"],
         diverged=diverged,
         state=trainable_state(model) if keep_state else None,
     )
-
-
-def is_finite(value: float) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
