@@ -177,10 +177,10 @@ def test_table_arithmetic_reproduces_the_papers_table3_cub_row():
     "argv, names",
     [
         (["--seeds", "a,1"], "--seeds 'a,1'"),
-        (["--seeds", "0,0"], "repeats a seed"),
+        (["--seeds", "0,0"], "repeat a seed (0, 0); give each seed once"),
         (["--seeds", ""], "--seeds ''"),
         (["--modes", "tune,tun"], "did you mean tune"),
-        (["--modes", "eval,eval"], "repeats a mode"),
+        (["--modes", "eval,eval"], "repeat a mode"),
         (["--threads", "0"], "--threads '0'"),
         (["--threads", "two"], "--threads 'two'"),
         (["--fats"], "unrecognized arguments: --fats"),

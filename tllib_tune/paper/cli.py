@@ -67,7 +67,7 @@ def _seeds(text: str) -> List[int]:
     try:
         return check_seeds([int(p) for p in parts])
     except ValueError as exc:
-        raise UsageError(f"--seeds {text!r}: {exc}; e.g. --seeds 0,1,2") from None
+        raise UsageError(f"--seeds {text!r}: {exc}") from None
 
 
 def _modes(text: str) -> List[str]:

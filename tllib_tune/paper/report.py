@@ -219,11 +219,10 @@ def plot_scaling(path: Path, coefficients: Tensor, title: str) -> Dict[str, floa
     ax.set_yscale("log")
     ax.set_xlabel("|gamma| / sqrt(running_var + eps) per channel")
     ax.set_ylabel("channels")
-    ax.set_title(title, fontsize=10)
     note = (
         f"{len(mags)} channels, {low:.3g} .. {high:.3g} ({high / low:.0f}x); deploy scales gradients by 1/s²"
     )
-    ax.text(0.02, 0.97, note, transform=ax.transAxes, va="top", fontsize=8)
+    ax.set_title(f"{title}\n{note}", fontsize=9)
     _save(fig, path)
     return {"min": low, "max": high, "median": float(statistics.median(mags.tolist())), "channels": len(mags)}
 
@@ -257,7 +256,7 @@ def _plot_tune_eval_gap(ax: Any, runs: Sequence[RunResult]) -> None:
     for r in runs:
         if r.mode == "tune" and r.pretrained and r.seed in evals:
             gap = [max(abs(a - b), 1e-12) for a, b in zip(r.losses, evals[r.seed])]
-            ax.plot(range(1, len(gap) + 1), gap, linewidth=1.0, label=f"seed {r.seed}")
+            ax.plot(range(1, len(gap) + 1), gap, ".", markersize=4, label=f"seed {r.seed}")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("|loss(tune) - loss(eval)| (float32; 1e-12 = equal)")
@@ -290,7 +289,9 @@ def _header(summary: Dict[str, Any]) -> List[str]:
         f"{s['iters_per_epoch']} steps of batch {s['batch_size']}, lr {s['lr']} (backbone 0.1x), "
         f"seeds {seeds}.",
         f"Machine: {machine['threads']} threads, load average {machine['load_before']} before and "
-        f"{machine['load_after']} after; wall time {summary['wall_s']['total']:.0f} s ({phases}).",
+        f"{machine['load_after']} after; wall time {summary['wall_s']['total']:.0f} s ({phases}); the "
+        f"pretraining itself took {pre['seconds']:.0f} s with {pre['threads']} thread(s)"
+        f"{' (read from the cache in this run)' if pre.get('cached') else ''}.",
         "Activation MiB: bytes saved for backward in one iteration (exact, machine-independent); "
         "s/it: median over the run's steps (shared machine: noisy).",
         "",
