@@ -11,7 +11,8 @@ from torch import nn
 
 from tests.conftest import randomize_bn_, rel_err
 from tllib_tune import ConvBN, LinearBN, Mode
-from tllib_tune.modules.convbn import TuneFunction
+from tllib_tune.modules.ops import LINEAR, OpSpec
+from tllib_tune.modules.tune import TuneFunction, choose_strategy
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -161,10 +162,12 @@ def test_linear_bn_modes(bias, affine, strategy):
     assert torch.allclose(block.bn.running_var, ref_bn.running_var, rtol=1e-12, atol=0)
 
 
-def test_linear_bn_rejects_non_2d_input():
+def test_linear_bn_rejects_input_without_features_last():
     block = LinearBN(4, 3)
-    with pytest.raises(ValueError, match=r"\[batch, 4\]"):
+    with pytest.raises(ValueError, match=r"\[\.\.\., 4\] \(features last\), got \(2, 4, 1\)"):
         block(torch.randn(2, 4, 1))
+    with pytest.raises(ValueError, match=r"got \(\)"):
+        block(torch.tensor(1.0))
 
 
 @pytest.mark.parametrize("strategy", ["weight", "output"])
@@ -178,13 +181,13 @@ def test_gradcheck_tune_function(kind, with_bias, with_affine, strategy):
 
     if kind == "conv2d":
         x, w = rand(2, 3, 5, 5), rand(4, 3, 3, 3)
-        spec = ("conv", [2, 1], [1, 0], [1, 2], 1)
+        spec = OpSpec("conv", stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=1)
     elif kind == "conv1d_grouped":
         x, w = rand(2, 4, 7), rand(6, 2, 3)
-        spec = ("conv", [1], [2], [2], 2)
+        spec = OpSpec("conv", stride=(1,), padding=(2,), dilation=(2,), groups=2)
     else:
         x, w = rand(3, 5), rand(4, 5)
-        spec = ("linear",)
+        spec = LINEAR
     c = w.shape[0]
     b = rand(c) if with_bias else None
     gamma = rand(c) if with_affine else None
@@ -215,9 +218,7 @@ def test_tune_gradients_with_zero_gamma(strategy):
 
 
 def test_auto_strategy_scales_the_smaller_of_weight_and_output():
-    from tllib_tune.modules.convbn import choose_strategy
-
-    spec = ("conv", [1, 1], [1, 1], [1, 1], 1)
+    spec = OpSpec("conv", stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
     weight = torch.zeros(512, 512, 3, 3)
     assert choose_strategy(spec, torch.zeros(2, 512, 4, 4), weight, torch.float32) == "output"
     assert choose_strategy(spec, torch.zeros(8, 512, 56, 56), weight, torch.float32) == "weight"

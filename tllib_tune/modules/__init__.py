@@ -1,7 +1,8 @@
-"""Building blocks: ConvBN/LinearBN with switchable modes and the helpers that walk a model."""
+"""Building blocks: ConvBN/LinearBN with switchable modes, the fold math, helpers that walk a model."""
 
 from .classifier import Classifier
 from .convbn import ConvBN, ConvBNBase, LinearBN, Mode, TuneFunction
+from .fold import bn_scale, fold_bn, unfold_bn, unfold_bn_beta
 from .inplace_abn import InPlaceABN, convert_to_inplace_abn
 from .modes import get_modes, iter_blocks, set_mode, using_mode
 
@@ -14,6 +15,10 @@ __all__ = [
     "LinearBN",
     "Mode",
     "TuneFunction",
+    "bn_scale",
+    "fold_bn",
+    "unfold_bn",
+    "unfold_bn_beta",
     "get_modes",
     "iter_blocks",
     "set_mode",

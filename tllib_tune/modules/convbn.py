@@ -15,16 +15,29 @@ With s = gamma / sqrt(running_var + eps) per output channel:
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-__all__ = ["Mode", "ConvBNBase", "ConvBN", "LinearBN", "TuneFunction", "MODE_CHOICES"]
+from .autocast import autocast_dtype, autocast_off
+from .fold import as_dtype, bn_scale, bn_transform, fold_bn, fold_dtype, unfold_bn, unfold_bn_beta
+from .ops import LINEAR, OpSpec, op_forward
+from .support import hook_kinds, is_tf_same_conv, mode_problem, normalization_only, pair_problem, tf_same_pads
+from .tune import TuneFunction, choose_strategy, tune_forward
+
+__all__ = [
+    "Mode",
+    "ConvBNBase",
+    "ConvBN",
+    "LinearBN",
+    "TuneFunction",
+    "MODE_CHOICES",
+    "choose_strategy",
+    "convbn_unsupported_reason",
+]
 
 
 class Mode(str, Enum):
@@ -54,370 +67,6 @@ class Mode(str, Enum):
 
 MODE_CHOICES: Tuple[str, ...] = tuple(m.value for m in Mode)
 
-# The operator a block folds BatchNorm into. ("linear",) or ("conv", stride, padding, dilation, groups).
-OpSpec = Tuple[Any, ...]
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-
-
-def _autocast_dtype(x: Tensor) -> torch.dtype:
-    """The dtype autocast would run a convolution in for ``x``, or x's own dtype outside autocast."""
-    device_type = x.device.type
-    if not _autocast_enabled(device_type) or not x.is_floating_point():
-        return x.dtype
-    if hasattr(torch, "get_autocast_dtype"):
-        return torch.get_autocast_dtype(device_type)
-    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
-
-
-def _autocast_off(t: Tensor) -> Any:
-    """A context that disables autocast for ``t``'s device, or a no-op one when it is off already."""
-    device_type = t.device.type
-    return (
-        torch.autocast(device_type, enabled=False)
-        if _autocast_enabled(device_type)
-        else contextlib.nullcontext()
-    )
-
-
-def _fold_dtype(weight: Tensor) -> torch.dtype:
-    """Folding runs in at least float32, whatever the parameters' or autocast's dtype."""
-    return torch.promote_types(weight.dtype, torch.float32)
-
-
-def _inv_std(running_var: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
-    return torch.rsqrt(running_var.to(dtype) + eps)
-
-
-def _scale(gamma: Optional[Tensor], running_var: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
-    inv_std = _inv_std(running_var, eps, dtype)
-    return inv_std if gamma is None else gamma.to(dtype) * inv_std
-
-
-def _weight_shape(ndim: int) -> Tuple[int, ...]:
-    """View shape of a per-output-channel vector broadcast against a weight of ``ndim`` dimensions."""
-    return _WEIGHT_SHAPES[ndim] if ndim < len(_WEIGHT_SHAPES) else (-1,) + (1,) * (ndim - 1)
-
-
-def _output_shape(ndim: int) -> Tuple[int, ...]:
-    """View shape of a per-channel vector broadcast against an operator output of ``ndim`` dimensions."""
-    return _OUTPUT_SHAPES[ndim] if ndim < len(_OUTPUT_SHAPES) else (1, -1) + (1,) * (ndim - 2)
-
-
-def _reduce_dims(ndim: int) -> Tuple[int, ...]:
-    """The dimensions of an operator output to sum over for a per-channel total."""
-    return _REDUCE_DIMS[ndim] if ndim < len(_REDUCE_DIMS) else (0,) + tuple(range(2, ndim))
-
-
-_WEIGHT_SHAPES = [(-1,)] + [(-1,) + (1,) * (n - 1) for n in range(1, 6)]
-_OUTPUT_SHAPES = [(-1,), (-1,)] + [(1, -1) + (1,) * (n - 2) for n in range(2, 6)]
-_REDUCE_DIMS = [(), (0,)] + [(0,) + tuple(range(2, n)) for n in range(2, 6)]
-
-
-def _channel_view(t: Tensor, ndim: int) -> Tensor:
-    """Reshape a per-output-channel vector to broadcast against a weight of ``ndim`` dimensions."""
-    return t.view(_weight_shape(ndim))
-
-
-def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    """``t`` in ``dtype`` (None stays None). Cheaper than ``t.to(dtype)`` when nothing is converted,
-    which matters on the per-block hot path of small inputs."""
-    return t if t is None or t.dtype == dtype else t.to(dtype)
-
-
-def _bn_inference(
-    value: Tensor,
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    mean: Tensor,
-    running_var: Tensor,
-    eps: float,
-    dtype: torch.dtype,
-) -> Tensor:
-    """BatchNorm's inference transform (value - mean) * gamma / sqrt(var + eps) + beta of ``value`` seen
-    as one sample whose first dimension holds the channels, computed in ``dtype`` in one fused pass.
-
-    With ``value`` the operator's weight and a zero mean this is the folded weight W * s; with its bias
-    (zeros without one) and the running mean, the folded bias.
-    """
-    out = torch.batch_norm(
-        _as(value, dtype).unsqueeze(0),
-        _as(gamma, dtype),
-        _as(beta, dtype),
-        _as(mean, dtype),
-        _as(running_var, dtype),
-        False,
-        0.0,
-        eps,
-        False,
-    )
-    return out.squeeze(0)
-
-
-def _fold_params(
-    weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    running_mean: Tensor,
-    running_var: Tensor,
-    eps: float,
-) -> Tuple[Tensor, Tensor]:
-    """(W', b'), the operator's weight and bias with BatchNorm's inference transform folded in, in the
-    fold dtype."""
-    fold = _fold_dtype(weight)
-    zeros = torch.zeros(weight.shape[0], dtype=fold, device=weight.device)
-    folded_w = _bn_inference(weight, gamma, None, zeros, running_var, eps, fold)
-    folded_b = _bn_inference(
-        zeros if bias is None else bias, gamma, beta, running_mean, running_var, eps, fold
-    )
-    return folded_w, folded_b
-
-
-def _bn_inference_backward(
-    grad_folded: Tensor,
-    value: Tensor,
-    gamma: Optional[Tensor],
-    mean: Tensor,
-    running_var: Tensor,
-    inv_std: Tensor,
-    eps: float,
-    mask: Tuple[bool, bool, bool],
-) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Backward of :func:`_bn_inference`, in ``inv_std``'s dtype (the fold dtype).
-
-    Given dL/d(transformed value), returns (dL/dvalue, dL/dgamma, dL/dbeta) where ``mask`` asks:
-    BatchNorm's own backward kernel, in inference mode, computes all three in one read of both tensors.
-    (In inference mode the kernels recompute the statistics from ``mean`` and ``running_var``; CUDA's
-    wants them as saved by a forward as well, so both are passed.)
-    """
-    fold = inv_std.dtype
-    grad_value, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
-        _as(grad_folded, fold).unsqueeze(0),
-        _as(value, fold).unsqueeze(0),
-        gamma,
-        mean,
-        running_var,
-        mean,
-        inv_std,
-        False,
-        eps,
-        list(mask),
-    )
-    return (None if grad_value is None else grad_value.squeeze(0)), grad_gamma, grad_beta
-
-
-_CONV_FUNCTIONS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
-
-
-def _forward_op(spec: OpSpec, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """The operator through its functional form, which autocast casts as it casts nn.Conv*d and nn.Linear
-    (``torch.convolution`` itself is not on autocast's lists: Deploy would silently stay in float32)."""
-    if spec[0] == "linear":
-        return F.linear(x, weight, bias)
-    _, stride, padding, dilation, groups = spec
-    return _CONV_FUNCTIONS[weight.dim()](x, weight, bias, stride, padding, dilation, groups)
-
-
-def _backward_op(
-    spec: OpSpec, grad: Tensor, x: Tensor, weight: Tensor, mask: Tuple[bool, bool, bool]
-) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Gradients of the operator's input, weight and bias, each computed only where ``mask`` asks."""
-    if spec[0] == "linear":
-        grad_x = grad @ weight if mask[0] else None
-        grad_w = grad.t() @ x if mask[1] else None
-        grad_b = grad.sum(0) if mask[2] else None
-        return grad_x, grad_w, grad_b
-    _, stride, padding, dilation, groups = spec
-    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad,
-        x,
-        weight,
-        [weight.shape[0]],
-        stride,
-        padding,
-        dilation,
-        False,
-        [0] * len(stride),
-        groups,
-        list(mask),
-    )
-    return (grad_x if mask[0] else None, grad_w if mask[1] else None, grad_b if mask[2] else None)
-
-
-def _output_numel(spec: OpSpec, x: Tensor, weight: Tensor) -> int:
-    """Number of elements the operator produces for input ``x`` (without running it)."""
-    if spec[0] == "linear":
-        return x.shape[0] * weight.shape[0]
-    _, stride, padding, dilation, _ = spec
-    numel = x.shape[0] * weight.shape[0]
-    for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation):
-        numel *= max((size + 2 * p - d * (k - 1) - 1) // s + 1, 0)
-    return numel
-
-
-def choose_strategy(
-    spec: OpSpec, x: Tensor, weight: Tensor, compute_dtype: torch.dtype, requested: str = "auto"
-) -> str:
-    """Where Tune mode applies the BatchNorm scale: to the "weight" or to the "output".
-
-    Both compute the same function and keep only the input for backward. Scaling the weight costs a few
-    passes over the weight, scaling the output a few passes over the output; with ``requested="auto"``
-    the smaller one wins (late ResNet stages have large weights and small outputs). The output is scaled
-    only in float32 and float64 without autocast; otherwise the fold is done on the weight in float32,
-    then cast, as the contract says, whatever was requested.
-    """
-    if compute_dtype != weight.dtype or weight.dtype not in (torch.float32, torch.float64):
-        return "weight"
-    if requested != "auto":
-        return requested
-    return "output" if _output_numel(spec, x, weight) < weight.numel() else "weight"
-
-
-class TuneFunction(torch.autograd.Function):
-    """Operator with BatchNorm folded in on the fly (the paper's Tune mode).
-
-    ``apply(x, weight, bias, gamma, beta, running_mean, running_var, eps, spec, compute_dtype, strategy)``.
-    Keeps x (in ``compute_dtype``) and the module's own tensors for backward, nothing else: the folded
-    weight is recomputed in backward. With ``strategy="weight"`` the operator runs once with ``W * s``
-    (folded in float32, or float64 for float64 parameters, then cast to ``compute_dtype``); with
-    ``strategy="output"`` it runs with W and its output is normalised per channel (and in backward the
-    incoming gradient is scaled instead of the weight), which is cheaper where the output is smaller
-    than the weight (see :func:`choose_strategy`). Every per-channel quantity is recomputed from the
-    module's tensors, so backward sees exactly the function forward computed.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Optional[Tensor],
-        gamma: Optional[Tensor],
-        beta: Optional[Tensor],
-        running_mean: Tensor,
-        running_var: Tensor,
-        eps: float,
-        spec: OpSpec,
-        compute_dtype: torch.dtype,
-        strategy: str = "weight",
-    ) -> Tensor:
-        input_dtype = x.dtype
-        with _autocast_off(x):
-            x = _as(x, compute_dtype)
-            out = _tune_forward(x, weight, bias, gamma, beta, running_mean, running_var, eps, spec, strategy)
-        # x and the module's own tensors, nothing else: Tune's activation memory is exactly Deploy's
-        ctx.save_for_backward(x, weight, bias, gamma, running_mean, running_var)
-        ctx.eps, ctx.spec, ctx.compute_dtype, ctx.input_dtype = eps, spec, compute_dtype, input_dtype
-        ctx.strategy = strategy
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
-        need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
-        need_folded_b = need_b or need_beta or need_gamma
-        eps, spec = ctx.eps, ctx.spec
-        fold = _fold_dtype(weight)
-        with _autocast_off(grad_out):
-            grad_out = _as(grad_out, ctx.compute_dtype)
-            gamma_f = _as(gamma, fold)
-            var_f = _as(running_var, fold)
-            inv_std = _inv_std(var_f, eps, fold)
-            zeros = torch.zeros_like(var_f)
-            grad_w = weight_share = grad_folded_b = None
-            if ctx.strategy == "output":
-                # d/dx and d/dW of (conv(x, W) * s) are those of conv(x, W) for the gradient g = grad * s,
-                # and d/dW is then already the weight's gradient. A zero s (gamma == 0) would lose dL/dW'
-                # for gamma's gradient: there a tiny stand-in scale keeps it recoverable, at a relative
-                # cost far below round-off.
-                scale = inv_std if gamma_f is None else gamma_f * inv_std
-                if need_gamma:
-                    scale = torch.where(scale == 0, torch.finfo(fold).tiny ** 0.5, scale)
-                grad_x, grad_w, _ = _backward_op(
-                    spec,
-                    grad_out * scale.view(_output_shape(grad_out.dim())),
-                    x,
-                    weight,
-                    (need_x, need_w or need_gamma, False),
-                )
-                if need_folded_b:
-                    grad_folded_b = grad_out.sum(_reduce_dims(grad_out.dim()))
-                if need_gamma:  # grad_w is dL/dW' * s
-                    _, weight_share, _ = _bn_inference_backward(
-                        grad_w, weight, None, zeros, var_f, inv_std, eps, (False, True, False)
-                    )
-                    weight_share = weight_share.div_(scale)
-            else:
-                folded_w = _as(
-                    _bn_inference(weight, gamma_f, None, zeros, var_f, eps, fold), ctx.compute_dtype
-                )
-                grad_x, grad_folded_w, grad_folded_b = _backward_op(
-                    spec, grad_out, x, folded_w, (need_x, need_w or need_gamma, need_folded_b)
-                )
-                if grad_folded_w is not None:
-                    grad_w, weight_share, _ = _bn_inference_backward(
-                        grad_folded_w,
-                        weight,
-                        gamma_f,
-                        zeros,
-                        var_f,
-                        inv_std,
-                        eps,
-                        (need_w, need_gamma, False),
-                    )
-            grad_b = grad_gamma = grad_beta = None
-            if need_folded_b:
-                grad_b, bias_share, grad_beta = _bn_inference_backward(
-                    grad_folded_b,
-                    zeros if bias is None else bias,
-                    gamma_f,
-                    _as(running_mean, fold),
-                    var_f,
-                    inv_std,
-                    eps,
-                    (need_b, need_gamma, need_beta),
-                )
-                if need_gamma:
-                    grad_gamma = _as(weight_share + bias_share, gamma.dtype)
-                if need_beta:
-                    grad_beta = _as(grad_beta, gamma.dtype)
-                if need_b:
-                    grad_b = _as(grad_b, bias.dtype)
-            if grad_w is not None:
-                grad_w = _as(grad_w, weight.dtype) if need_w else None
-        if grad_x is not None:
-            grad_x = _as(grad_x, ctx.input_dtype)
-        return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None, None, None
-
-
-def _tune_forward(
-    x: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    running_mean: Tensor,
-    running_var: Tensor,
-    eps: float,
-    spec: OpSpec,
-    strategy: str,
-) -> Tensor:
-    """Tune's forward for an ``x`` already in the compute dtype (shared by TuneFunction and no-grad calls)."""
-    if strategy == "output":
-        # the operator, then BatchNorm with the running statistics: one fused per-channel pass
-        out = _forward_op(spec, x, weight, bias)
-        return F.batch_norm(out, running_mean, running_var, gamma, beta, False, 0.0, eps)
-    folded_w, folded_b = _fold_params(weight, bias, gamma, beta, running_mean, running_var, eps)
-    return _forward_op(spec, x, _as(folded_w, x.dtype), _as(folded_b, x.dtype))
-
-
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -425,17 +74,17 @@ _CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 class ConvBNBase(nn.Module):
     """Shared mode machinery of :class:`ConvBN` and :class:`LinearBN`.
 
-    Subclasses name their operator in ``op_attr`` and describe it in :meth:`_op_spec`.
+    Subclasses name their operator in ``op_attr`` and describe it in :meth:`_geometry`.
     ``module.train()``/``module.eval()`` keep their PyTorch meaning; ``.mode`` chooses the computation.
     """
 
     op_attr = "conv"
-    bn: nn.modules.batchnorm._BatchNorm
+    bn: nn.Module
     #: Where tune mode applies the BatchNorm scale: "auto" (per call, see :func:`choose_strategy`),
     #: "weight" or "output". All three compute the same function with the same activation memory.
     tune_strategy: str = "auto"
 
-    def __init__(self, op: nn.Module, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode]) -> None:
+    def __init__(self, op: nn.Module, bn: nn.Module, mode: Union[str, Mode]) -> None:
         super().__init__()
         setattr(self, self.op_attr, op)
         self.bn = bn
@@ -443,17 +92,25 @@ class ConvBNBase(nn.Module):
         self.register_load_state_dict_post_hook(_refold_after_load)
         self.mode = mode
 
+    @classmethod
+    def _wrap(cls, op: nn.Module, bn: nn.Module, mode: Union[str, Mode]) -> ConvBNBase:
+        """A block around existing modules, after checking that it can compute with them."""
+        problem = pair_problem(op, bn)
+        if problem is not None:
+            error, reason = problem
+            raise error(f"{cls.__name__}.from_modules: {reason}")
+        block = cls.__new__(cls)
+        ConvBNBase.__init__(block, op, bn, mode)
+        return block
+
     # --- the operator -------------------------------------------------------------------------
     @property
     def op(self) -> nn.Module:
         return getattr(self, self.op_attr)
 
-    def _op_spec(self) -> OpSpec:  # pragma: no cover - overridden
+    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:  # pragma: no cover - overridden
+        """(input padded as the operator's own forward pads it, the spec of the operator call left)."""
         raise NotImplementedError
-
-    def _prepare_input(self, x: Tensor) -> Tensor:
-        """Hook for padding that the plain operator call does not do itself."""
-        return x
 
     # --- mode ---------------------------------------------------------------------------------
     @property
@@ -464,8 +121,7 @@ class ConvBNBase(nn.Module):
     @mode.setter
     def mode(self, value: Union[str, Mode]) -> None:
         new = Mode.parse(value)
-        if new is not Mode.TRAIN:
-            self._check_running_stats(new)
+        self._refuse(new)
         if new is self._mode:
             return
         with torch.no_grad():
@@ -475,94 +131,94 @@ class ConvBNBase(nn.Module):
                 self._fold_()
         self._mode = new
 
+    def _refuse(self, mode: Mode) -> None:
+        """Raise if this block cannot compute right in ``mode`` (see :func:`convbn_unsupported_reason`)."""
+        reason = mode_problem(self.op, self.bn, mode.value, type(self).__name__)
+        if reason is not None:
+            raise ValueError(reason)
+
     def _check_running_stats(self, mode: Mode) -> None:
-        if self.bn.running_mean is None or self.bn.running_var is None:
-            raise ValueError(
-                f"{type(self).__name__}: mode {mode.value!r} computes with BatchNorm's running statistics, "
-                "but this block's BatchNorm has none (track_running_stats=False). Use mode 'train', or "
-                "build the BatchNorm with track_running_stats=True."
-            )
+        if self.bn.running_var is None or self.bn.running_mean is None:
+            self._refuse(mode)
 
     def extra_repr(self) -> str:
         return f"mode={self._mode.value}"
 
     # --- folding ------------------------------------------------------------------------------
-    def _scale(self, dtype: torch.dtype) -> Tensor:
-        gamma = self.bn.weight if self.bn.affine else None
-        return _scale(gamma, self.bn.running_var, self.bn.eps, dtype)
+    def _bn_tensors(self) -> Tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor, float]:
+        """(gamma, beta, running_mean, running_var, eps) of the BatchNorm; gamma, beta None if not affine."""
+        bn = self.bn
+        return bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
 
     def folded_weight_and_bias(self) -> Tuple[Tensor, Tensor]:
         """The (weight, bias) of the single operator equal to this block in eval mode (new tensors)."""
         with torch.no_grad():
             weight, bias, gamma, beta = self._canonical_tensors()
-            folded_w, folded_b = _fold_params(
-                weight, bias, gamma, beta, self.bn.running_mean, self.bn.running_var, self.bn.eps
-            )
+            _, _, mean, var, eps = self._bn_tensors()
+            folded_w, folded_b = fold_bn(weight, bias, gamma, beta, mean, var, eps)
             return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
 
     def _fold_(self) -> None:
-        """Write the fold into the parameters in place (entering deploy)."""
+        """Write the fold into the parameters in place (entering deploy): W' into the operator's weight,
+        b' into BatchNorm's beta, or into the operator's bias for a BatchNorm without affine."""
         weight, bias = self.op.weight, self.op.bias
-        fold = _fold_dtype(weight)
-        scale = self._scale(fold)
+        gamma, beta, mean, var, eps = self._bn_tensors()
+        scale = bn_scale(gamma, var, eps, fold_dtype(weight.dtype))
         if bool((scale == 0).any()):
             zero = torch.nonzero(scale == 0).flatten().tolist()
             raise ValueError(
                 f"{type(self).__name__}: cannot enter deploy mode, BatchNorm weight (gamma) is zero for "
                 f"output channels {zero[:10]}; the fold could not be undone. Use tune mode instead."
             )
-        gamma, beta = (self.bn.weight, self.bn.bias) if self.bn.affine else (None, None)
-        folded_w, folded_b = _fold_params(
-            weight, bias, gamma, beta, self.bn.running_mean, self.bn.running_var, self.bn.eps
-        )
-        if self.bn.affine:
-            self.bn.bias.copy_(folded_b)
+        folded_w, folded_b = fold_bn(weight, bias, gamma, beta, mean, var, eps)
+        if beta is not None:
+            beta.copy_(folded_b)
         elif bias is not None:
             bias.copy_(folded_b)
         weight.copy_(folded_w)
 
-    def _unfold_(self) -> None:
-        """Undo :meth:`_fold_` (leaving deploy)."""
+    def _unfolded(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """(W, b, beta) recovered from deploy's folded parameters, the block's one unfold: new tensors in
+        the parameters' dtypes where folded into, the stored tensor where not (b beside beta)."""
         weight, bias = self.op.weight, self.op.bias
-        fold = _fold_dtype(weight)
-        scale = self._scale(fold)
-        mean = self.bn.running_mean.to(fold)
-        weight.copy_(weight.to(fold) / _channel_view(scale, weight.dim()))
-        if self.bn.affine:
-            centred = -mean if bias is None else bias.to(fold) - mean
-            self.bn.bias.copy_(self.bn.bias.to(fold) - centred * scale)
-        elif bias is not None:
-            bias.copy_(bias.to(fold) / scale + mean)
+        gamma, beta, mean, var, eps = self._bn_tensors()
+        if beta is not None:  # b' lives in beta's place
+            unfolded_w, _ = unfold_bn(weight, None, gamma, None, mean, var, eps)
+            unfolded_beta = unfold_bn_beta(beta, bias, gamma, mean, var, eps).to(beta.dtype)
+            return unfolded_w.to(weight.dtype), bias, unfolded_beta
+        unfolded_w, unfolded_b = unfold_bn(weight, bias, None, None, mean, var, eps)
+        return unfolded_w.to(weight.dtype), None if bias is None else unfolded_b.to(bias.dtype), None
+
+    def _unfold_(self) -> None:
+        """Undo :meth:`_fold_` in place (leaving deploy)."""
+        weight, bias, beta = self._unfolded()
+        self.op.weight.copy_(weight)
+        if self.bn.bias is not None:
+            self.bn.bias.copy_(beta)
+        elif self.op.bias is not None:
+            self.op.bias.copy_(bias)
 
     def _deploy_bias(self) -> Optional[Tensor]:
-        if self.bn.affine:
+        """The bias deploy runs the operator with: the stored b' (or, with neither BatchNorm affine nor an
+        operator bias, the fold of a zero bias, computed per call)."""
+        if self.bn.bias is not None:
             return self.bn.bias
         if self.op.bias is not None:
             return self.op.bias
         with torch.no_grad():
             weight = self.op.weight
-            zeros = torch.zeros(weight.shape[0], dtype=_fold_dtype(weight), device=weight.device)
+            zeros = torch.zeros(weight.shape[0], dtype=fold_dtype(weight.dtype), device=weight.device)
             bn = self.bn
-            folded_b = _bn_inference(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
+            folded_b = bn_transform(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
             return folded_b.to(weight.dtype)
 
     def _canonical_tensors(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """(W, b, gamma, beta) as eval mode sees them, unfolded if the block is in deploy."""
         weight, bias = self.op.weight, self.op.bias
-        gamma = self.bn.weight if self.bn.affine else None
-        beta = self.bn.bias if self.bn.affine else None
-        if self._mode is not Mode.DEPLOY:
-            return weight, bias, gamma, beta
-        with torch.no_grad():
-            fold = _fold_dtype(weight)
-            scale = self._scale(fold)
-            mean = self.bn.running_mean.to(fold)
-            weight = (weight.to(fold) / _channel_view(scale, weight.dim())).to(weight.dtype)
-            if beta is not None:
-                centred = -mean if bias is None else bias.to(fold) - mean
-                beta = (beta.to(fold) - centred * scale).to(beta.dtype)
-            elif bias is not None:
-                bias = (bias.to(fold) / scale + mean).to(bias.dtype)
+        gamma, beta = self.bn.weight, self.bn.bias
+        if self._mode is Mode.DEPLOY:
+            with torch.no_grad():
+                weight, bias, beta = self._unfolded()
         return weight, bias, gamma, beta
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -587,39 +243,69 @@ class ConvBNBase(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
 
     # --- forward ------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:
         mode = self._mode
         if mode is Mode.TRAIN:
-            return self.bn(self.op(x))
+            return self._normalize_train(self.op(input))
         self._check_running_stats(mode)
-        bn = self.bn
+        op, bn = self.op, self.bn
+        if bn._forward_pre_hooks or bn._forward_hooks or bn._backward_hooks or bn._backward_pre_hooks:
+            self._refuse(mode)
         if mode is Mode.EVAL:
             return F.batch_norm(
-                self.op(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+                op(input), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
             )
-        x = self._prepare_input(x)
-        spec = self._op_spec()
+        if op._forward_hooks or op._backward_hooks or op._backward_pre_hooks:
+            self._refuse(mode)
+        if op._forward_pre_hooks:  # weight_norm / spectral_norm recompute the weight here
+            input = self._run_pre_hooks(input, mode)
+        x, spec = self._geometry(input)
         if mode is Mode.TUNE:
-            weight = self.op.weight
-            compute_dtype = _autocast_dtype(x)
-            strategy = choose_strategy(spec, x, weight, compute_dtype, self.tune_strategy)
-            if strategy == "output" and bn.running_var.dtype != weight.dtype:
-                strategy = "weight"
-            tensors = (
-                x,
-                weight,
-                self.op.bias,
-                bn.weight if bn.affine else None,
-                bn.bias if bn.affine else None,
-                bn.running_mean,
-                bn.running_var,
-            )
-            if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:5]):
-                return TuneFunction.apply(*tensors, bn.eps, spec, compute_dtype, strategy)
-            # nothing to differentiate: the same computation without the autograd function
-            with _autocast_off(x):
-                return _tune_forward(x.to(compute_dtype), *tensors[1:], bn.eps, spec, strategy)
-        return _forward_op(spec, x, self.op.weight, self._deploy_bias())
+            return self._tune(x, spec)
+        return op_forward(spec, x, op.weight, self._deploy_bias())
+
+    def _normalize_train(self, y: Tensor) -> Tensor:
+        """Train mode's BatchNorm: the module itself, or only its normalisation (timm BatchNormAct2d)."""
+        normalize: Optional[Callable[[nn.Module, Tensor], Tensor]] = normalization_only(self.bn)
+        if normalize is None:
+            return self.bn(y)
+        if hook_kinds(self.bn):
+            self._refuse(Mode.TRAIN)
+        return normalize(self.bn, y)
+
+    def _run_pre_hooks(self, x: Tensor, mode: Mode) -> Tensor:
+        """The operator's forward pre-hooks, as calling the operator would run them, for the input they
+        return (tune and deploy call no module, but hooks such as weight_norm must still run)."""
+        op = self.op
+        args: Tuple[Any, ...] = (x,)
+        kwargs: dict = {}
+        for hook_id, hook in list(op._forward_pre_hooks.items()):
+            if hook_id in op._forward_pre_hooks_with_kwargs:
+                result = hook(op, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            else:
+                result = hook(op, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
+        if mode is Mode.DEPLOY:
+            self._refuse(mode)  # a hook that replaced the weight since deploy was entered
+        return args[0] if args else kwargs["input"]
+
+    def _tune(self, x: Tensor, spec: OpSpec) -> Tensor:
+        """Tune's forward: the autograd function where something needs a gradient, else its computation."""
+        op, bn = self.op, self.bn
+        weight = op.weight
+        compute_dtype = autocast_dtype(x)
+        strategy = choose_strategy(spec, x, weight, compute_dtype, self.tune_strategy)
+        if strategy == "output" and bn.running_var.dtype != weight.dtype:
+            strategy = "weight"
+        tensors = (x, weight, op.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:5]):
+            return TuneFunction.apply(*tensors, bn.eps, spec, compute_dtype, strategy)
+        # nothing to differentiate: the same computation without the autograd function
+        with autocast_off(x):
+            return tune_forward(as_dtype(x, compute_dtype), *tensors[1:], bn.eps, spec, strategy)
 
 
 def _refold_after_load(module: ConvBNBase, incompatible_keys: Any) -> None:
@@ -708,19 +394,21 @@ class ConvBN(ConvBNBase):
         super().__init__(conv, bn, mode)
 
     @classmethod
-    def from_modules(
-        cls,
-        conv: nn.modules.conv._ConvNd,
-        bn: nn.modules.batchnorm._BatchNorm,
-        mode: Union[str, Mode] = "train",
-    ) -> ConvBN:
-        """Wrap an existing convolution and BatchNorm (their parameters are shared, not copied)."""
-        if not isinstance(conv, tuple(_CONV_TYPES.values())) or conv.transposed:
-            raise TypeError(f"ConvBN.from_modules needs an nn.Conv1d/2d/3d, got {type(conv).__name__}")
-        _check_bn(bn, conv.out_channels, type(conv).__name__)
-        block = cls.__new__(cls)
-        ConvBNBase.__init__(block, conv, bn, mode)
-        return block
+    def from_modules(cls, conv: nn.Module, bn: nn.Module, mode: Union[str, Mode] = "train") -> ConvBN:
+        """A block around an existing convolution and BatchNorm (the same module objects, registered as
+        ``.conv`` and ``.bn``: parameters are shared, not copied; state_dict keys stay ``conv.*``/``bn.*``).
+
+        ``conv``: nn.Conv1d/2d/3d, a subclass keeping their forward, or timm's Conv2dSame. ``bn``: any
+        BatchNorm with BatchNorm's or SyncBatchNorm's forward, torchvision's FrozenBatchNorm2d, timm's
+        BatchNormAct2d / SyncBatchNormAct / FrozenBatchNormAct2d (of which the block computes only the
+        normalisation). Anything else raises TypeError (ValueError for a channel mismatch or a mode the
+        pair cannot serve) with :func:`convbn_unsupported_reason`'s reason.
+        """
+        if isinstance(conv, nn.Linear):
+            raise TypeError(
+                "ConvBN.from_modules needs a convolution; use LinearBN.from_modules for nn.Linear"
+            )
+        return cls._wrap(conv, bn, mode)
 
     def _padding_pairs(self) -> Optional[Tuple[int, ...]]:
         """F.pad-style pads (last dimension first) when padding is not a symmetric int per side."""
@@ -736,17 +424,18 @@ class ConvBN(ConvBNBase):
                 pads += [p, p]
         return tuple(pads)
 
-    def _prepare_input(self, x: Tensor) -> Tensor:
-        pads = self._padding_pairs()
-        if pads is None or not any(pads):
-            return x
-        mode = "constant" if self.conv.padding_mode == "zeros" else self.conv.padding_mode
-        return F.pad(x, pads, mode=mode)
-
-    def _op_spec(self) -> OpSpec:
+    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
         conv = self.conv
-        padding = list(_padding_ints(conv)) if self._padding_pairs() is None else [0] * len(conv.kernel_size)
-        return ("conv", list(conv.stride), padding, list(conv.dilation), conv.groups)
+        if is_tf_same_conv(conv):
+            pads, pad_mode = tf_same_pads(conv, x), "constant"
+        else:
+            pads = self._padding_pairs()
+            if pads is None:  # what the convolution pads itself
+                return x, OpSpec("conv", conv.stride, conv.padding, conv.dilation, conv.groups)
+            pad_mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        if any(pads):
+            x = F.pad(x, pads, mode=pad_mode)
+        return x, OpSpec("conv", conv.stride, (0,) * len(conv.kernel_size), conv.dilation, conv.groups)
 
 
 def _padding_ints(conv: nn.modules.conv._ConvNd) -> Tuple[int, ...]:
@@ -755,19 +444,12 @@ def _padding_ints(conv: nn.modules.conv._ConvNd) -> Tuple[int, ...]:
     return tuple(conv.padding)
 
 
-def _check_bn(bn: nn.Module, channels: int, op_name: str) -> None:
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-        raise TypeError(f"expected a BatchNorm layer after the {op_name}, got {type(bn).__name__}")
-    if bn.num_features != channels:
-        raise ValueError(
-            f"BatchNorm has {bn.num_features} features but the {op_name} produces {channels} channels"
-        )
-
-
 class LinearBN(ConvBNBase):
-    """Linear layer followed by BatchNorm1d on 2-D input ([N, features]), with the four modes.
+    """Linear layer followed by BatchNorm1d, with the four modes.
 
-    Used for classifier bottlenecks. Arguments as for ``nn.Linear`` and ``nn.BatchNorm1d``.
+    Input ``[N, features]``, or ``[..., features]`` normalised as the flattened ``[M, features]`` view
+    (as timm's LeViT applies BatchNorm1d after a Linear). Used for classifier bottlenecks. Arguments as
+    for ``nn.Linear`` and ``nn.BatchNorm1d``.
     """
 
     op_attr = "linear"
@@ -799,24 +481,43 @@ class LinearBN(ConvBNBase):
         super().__init__(linear, bn, mode)
 
     @classmethod
-    def from_modules(
-        cls, linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm, mode: Union[str, Mode] = "train"
-    ) -> LinearBN:
-        """Wrap an existing Linear and BatchNorm1d (their parameters are shared, not copied)."""
+    def from_modules(cls, linear: nn.Module, bn: nn.Module, mode: Union[str, Mode] = "train") -> LinearBN:
+        """A block around an existing nn.Linear and BatchNorm1d (or SyncBatchNorm), the same module objects
+        as ``.linear`` and ``.bn``; TypeError/ValueError with the reason for pairs it cannot compute."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"LinearBN.from_modules needs an nn.Linear, got {type(linear).__name__}")
-        _check_bn(bn, linear.out_features, "Linear")
-        block = cls.__new__(cls)
-        ConvBNBase.__init__(block, linear, bn, mode)
-        return block
+        return cls._wrap(linear, bn, mode)
 
-    def _op_spec(self) -> OpSpec:
-        return ("linear",)
+    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
+        return x, LINEAR
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 2:
+    def forward(self, input: Tensor) -> Tensor:
+        features = self.linear.in_features
+        if input.dim() == 2 and input.shape[1] == features:
+            return super().forward(input)
+        if input.dim() == 0 or input.shape[-1] != features:
             raise ValueError(
-                f"LinearBN expects input of shape [batch, {self.linear.in_features}], got {tuple(x.shape)}; "
-                "flatten the features first"
+                f"LinearBN expects input of shape [..., {features}] (features last), got {tuple(input.shape)}"
             )
-        return super().forward(x)
+        # BatchNorm1d over the last dimension: the [M, features] view, as timm's LeViT normalises
+        out = super().forward(input.reshape(-1, features))
+        return out.reshape(input.shape[:-1] + (out.shape[-1],))
+
+
+def convbn_unsupported_reason(
+    op: nn.Module, bn: nn.Module, modes: Sequence[Union[str, Mode]] = MODE_CHOICES
+) -> Optional[str]:
+    """None if ``op`` followed by ``bn`` can become a block (``ConvBN.from_modules`` for a convolution,
+    ``LinearBN.from_modules`` for nn.Linear) that computes right in each of ``modes``; otherwise a
+    one-line reason, e.g. "StdConv2d (timm.layers.std_conv) has its own forward, ..." or "... BatchNorm
+    has none (track_running_stats=False) ...". Mode reasons come from hooks the mode would skip, missing
+    running statistics, and (deploy) weights produced by a parametrization or a pre-hook."""
+    problem = pair_problem(op, bn)
+    if problem is not None:
+        return problem[1]
+    name = "LinearBN" if isinstance(op, nn.Linear) else "ConvBN"
+    for mode in modes:
+        reason = mode_problem(op, bn, Mode.parse(mode).value, name)
+        if reason is not None:
+            return reason
+    return None
