@@ -198,3 +198,14 @@ def test_out_must_be_a_folder(capsys, tmp_path):
     assert main(["--out", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "is a file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_busy_machine_hint(monkeypatch):
+    from tllib_tune.paper import cli
+
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (5.0, 4.0, 3.0))
+    assert "--threads 1 is usually much faster than --threads 2" in cli.busy_machine_hint(2)
+    assert cli.busy_machine_hint(1) is None
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert cli.busy_machine_hint(2) is None
