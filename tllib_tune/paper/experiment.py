@@ -131,6 +131,64 @@ def _figures(
     return stats
 
 
+class _Clock:
+    """Wall time per phase: ``lap(name)`` closes the phase that began at the previous lap."""
+
+    def __init__(self) -> None:
+        self.wall: Dict[str, float] = {}
+        self._start = self._mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.wall[name] = now - self._mark
+        self._mark = now
+
+    def finish(self) -> Dict[str, float]:
+        self.wall["total"] = time.perf_counter() - self._start
+        return self.wall
+
+
+def _float64(
+    settings: Settings, sets: Dict[str, Any], state: Dict[str, Tensor], seed: int, progress: Progress
+) -> Dict[str, Any]:
+    """The float64 check, announced and reported in the progress lines."""
+    progress.say(f"float64 check: {settings.float64_steps} SGD steps of eval, tune and deploy")
+    check = float64_check(settings, sets, state, seed=seed)
+    progress.say(
+        f"float64: tune vs eval max parameter difference {check['tune_vs_eval_max_abs_param_diff']:.2e}; "
+        f"deploy drift {100 * check['deploy_drift_rel_params']:.3f} % of the backbone's norm"
+    )
+    return check
+
+
+def _summary(
+    settings: Settings, modes: Sequence[str], seeds: Sequence[int], sets: Dict[str, Any],
+    runs: List[RunResult], scratch: RunResult, **parts: Any,
+) -> Dict[str, Any]:  # fmt: skip
+    """The JSON-able summary the tables are rendered from; ``parts`` are added as they are."""
+    rows = report.summarize_modes(runs, modes)
+    base = next((r for r in runs if r.mode == "train" and r.seed == seeds[0]), None)
+    return {
+        "settings": settings.to_dict(),
+        "seeds": list(seeds),
+        "modes": rows,
+        "comparisons": report.comparisons(rows),
+        "transfer": {
+            "seed": seeds[0],
+            "pretrained_acc1": base.acc1 if base is not None else float("nan"),
+            "scratch_acc1": scratch.acc1,
+            "chance_acc1": 100.0 / sets["num_classes"],
+        },
+        "target_classes": sets["num_classes"],
+        "target_train_images": len(sets["train"]),
+        "target_test_images": len(sets["test"]),
+        "figures": dict(FIGURES),
+        "runs": [r.row() for r in runs] + [scratch.row()],
+        "losses": {f"{r.mode}/seed{r.seed}": r.losses for r in runs},
+        **parts,
+    }
+
+
 def run_experiment(
     settings: Settings,
     *,
@@ -142,64 +200,30 @@ def run_experiment(
     fast: bool = False,
 ) -> Dict[str, Any]:
     """Run everything and write ``table.md``, ``table.csv``, ``runs.csv``, ``summary.json`` and the two
-    Figure 2 PNGs into ``out``; returns the summary."""
+    Figure 2 PNGs into ``out``; returns the summary. ``fast`` only labels the outputs."""
     seeds, modes = check_seeds(seeds), check_modes(modes)
     out, data_dir = Path(out), Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    wall: Dict[str, float] = {}
-    load_before, start = _load(), time.perf_counter()
+    clock, load_before = _Clock(), _load()
     progress.say(f"{torch.get_num_threads()} threads, load average {load_before}; outputs in {out}")
-
     state, pre_info, cache = pretrained_backbone(settings, data_dir, progress)
-    wall["pretrain"] = time.perf_counter() - start
-    mark = time.perf_counter()
+    clock.lap("pretrain")
     sets = load_sets(settings, data_dir, "target", progress=progress.tty)
     runs, equality = _finetune_grid(settings, sets, state, seeds, modes, progress)
-    wall["fine-tune"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    clock.lap("fine-tune")
     scratch = _scratch(settings, sets, seeds[0], progress)
-    wall["scratch"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    progress.say(f"float64 check: {settings.float64_steps} SGD steps of eval, tune and deploy")
-    check = float64_check(settings, sets, state, seed=seeds[0])
-    progress.say(
-        f"float64: tune vs eval max parameter difference {check['tune_vs_eval_max_abs_param_diff']:.2e}; "
-        f"deploy drift {100 * check['deploy_drift_rel_params']:.3f} % of the backbone's norm"
-    )
-    wall["float64"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    clock.lap("scratch")
+    check = _float64(settings, sets, state, seeds[0], progress)
+    clock.lap("float64")
     scaling = _figures(out, settings, state, runs)
-    wall["figures"] = time.perf_counter() - mark
-    wall["total"] = time.perf_counter() - start
-
-    rows = report.summarize_modes(runs, modes)
-    base = next((r for r in runs if r.mode == "train" and r.seed == seeds[0]), None)
-    summary = {
-        "fast": fast,
-        "settings": settings.to_dict(),
-        "seeds": seeds,
-        "modes": rows,
-        "comparisons": report.comparisons(rows),
-        "tune_vs_eval": equality,
-        "float64": check,
-        "transfer": {
-            "seed": seeds[0],
-            "pretrained_acc1": base.acc1 if base is not None else float("nan"),
-            "scratch_acc1": scratch.acc1,
-            "chance_acc1": 100.0 / sets["num_classes"],
-        },
-        "pretrain": {**pre_info, "cache": str(cache)},
-        "scaling_coefficients": scaling,
-        "target_classes": sets["num_classes"],
-        "target_train_images": len(sets["train"]),
-        "target_test_images": len(sets["test"]),
-        "machine": {"threads": torch.get_num_threads(), "load_before": load_before, "load_after": _load()},
-        "wall_s": wall,
-        "figures": dict(FIGURES),
-        "runs": [r.row() for r in runs] + [scratch.row()],
-        "losses": {f"{r.mode}/seed{r.seed}": r.losses for r in runs},
-    }
+    clock.lap("figures")
+    machine = {"threads": torch.get_num_threads(), "load_before": load_before, "load_after": _load()}
+    summary = _summary(
+        settings, modes, seeds, sets, runs, scratch, fast=fast, tune_vs_eval=equality, float64=check,
+        pretrain={**pre_info, "cache": str(cache)}, scaling_coefficients=scaling, machine=machine,
+        wall_s=clock.finish(),
+    )  # fmt: skip
     report.write_tables(out, summary, list(runs) + [scratch], report.render_markdown(summary))
     write_json_atomic(out / "summary.json", summary)
-    progress.say(f"done in {wall['total']:.0f} s: {out / 'table.md'}")
+    progress.say(f"done in {summary['wall_s']['total']:.0f} s: {out / 'table.md'}")
     return summary
