@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from tllib_tune import ConvBN, set_mode
-from tllib_tune.utils.feature_maps import smallest_feature_map
+from tllib_tune.utils.cli import flag_names, to_flags
+from tllib_tune.utils.feature_maps import batch_statistics_problem
 from tllib_tune.utils.memory import MIB, SavedTensorMeter
 
 
@@ -31,7 +32,7 @@ def build(depth: int, width: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -40,25 +41,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
-    sizes = (
-        ("--depth", args.depth),
-        ("--width", args.width),
-        ("--batch-size", args.batch_size),
-        ("--size", args.size),
-    )
-    for flag, value in sizes:
+    for flag, value in (("--depth", args.depth), ("--width", args.width), ("--batch-size", args.batch_size),
+                        ("--size", args.size)):  # fmt: skip
         if value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
-
     torch.manual_seed(0)
-    model = build(args.depth, args.width).double()
-    last = smallest_feature_map(model, args.size)
-    if args.batch_size * last < 2:  # train mode normalises with batch statistics
-        parser.error(
-            f"--batch-size {args.batch_size} at --size {args.size} leaves train mode's BatchNorm one value "
-            "per channel in the last block; use --batch-size 2 or more, or a larger --size"
-        )
-    x = torch.randn(args.batch_size, 3, args.size, args.size, dtype=torch.float64, requires_grad=True)
+    args.model = build(args.depth, args.width).double()
+    # train mode normalises with batch statistics
+    sizes = [args.batch_size], [args.size]
+    problem = batch_statistics_problem(args.model, *sizes, ["train"], name="the stack", input_arg="size")
+    if problem:
+        parser.error(to_flags(problem, flag_names(parser)))
+    return args
+
+
+def run_modes(model: nn.Module, x: torch.Tensor) -> dict:
+    """Per mode: output, input gradient, parameter gradients and saved-for-backward bytes."""
     results = {}
     for mode in ("eval", "tune", "deploy", "train"):
         set_mode(model, mode)
@@ -70,7 +68,13 @@ def main() -> None:
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results[mode] = (out.detach(), x.grad.clone(), grads, meter.bytes)
         set_mode(model, "eval")  # leave deploy: unfolds the weights exactly
+    return results
 
+
+def main() -> None:
+    args = parse_args()
+    x = torch.randn(args.batch_size, 3, args.size, args.size, dtype=torch.float64, requires_grad=True)
+    results = run_modes(args.model, x)
     ref_out, ref_gx, ref_gp, ref_mem = results["eval"]
     print(f"{args.depth} ConvBN+ReLU blocks, input {tuple(x.shape)}, float64; compared with eval mode")
     print(

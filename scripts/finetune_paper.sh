@@ -2,7 +2,8 @@
 # The paper's classification runs (Appendix D): CUB-200, FGVC-Aircraft and Stanford Cars, each in Train
 # and in Tune mode with 3 seeds: ResNet-50 from torchvision's ImageNet weights, 448 px crops, batch 48,
 # TLlib's recipe otherwise (20 epochs x 500 steps, lr 0.01, backbone 0.1x, decay x0.1 at epoch 12).
-# Then prints the Table 3 summary (scripts/summarize_runs.py).
+# The settings are the config files configs/paper/<dataset>_<mode>.yaml; this script adds the seed, the
+# data root and the run directory. Then prints the Table 3 summary (scripts/summarize_runs.py).
 #
 #   bash scripts/finetune_paper.sh [RUNS_DIR] [extra examples/finetune.py flags, e.g. --amp bf16]
 #
@@ -29,10 +30,13 @@ for dataset in ${DATASETS:-cub200 aircraft stanford_cars}; do
       if [ -f "$log/checkpoints/latest.pt" ]; then
         resume=(--resume "$log/checkpoints/latest.pt")
       fi
+      settings=(-c "configs/paper/${dataset}_${mode}.yaml")
+      if [ ! -f "configs/paper/${dataset}_${mode}.yaml" ]; then  # eval, deploy ...: the paper's recipe in that mode
+        settings=(-c "configs/paper/${dataset}_tune.yaml" --mode "$mode")
+      fi
       echo "== $log"
-      "$python" examples/finetune.py -d "$dataset" --root "$data/$dataset" -a resnet50 --mode "$mode" \
-        --seed "$seed" --input-size 448 -b 48 --epochs 20 -i 500 --lr 0.01 --lr-decay-epochs 12 \
-        --log "$log" ${resume[@]+"${resume[@]}"} "$@"
+      "$python" examples/finetune.py "${settings[@]}" --root "$data/$dataset" --seed "$seed" --log "$log" \
+        ${resume[@]+"${resume[@]}"} "$@"
     done
   done
 done

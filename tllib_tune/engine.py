@@ -36,6 +36,7 @@ __all__ = [
     "validate",
     "peak_memory_gb",
     "reset_peak_memory",
+    "amp_dtype",
     "autocast_context",
     "convert_sync_batchnorm",
 ]
@@ -85,6 +86,14 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     Eval, Tune and Deploy use the running statistics and never synchronise.
     """
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def amp_dtype(amp: str) -> Optional[torch.dtype]:
+    """The autocast dtype of a mixed-precision choice: "none" (None), "fp16" or "bf16"."""
+    choices = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if amp not in choices:
+        raise ValueError(f"amp must be one of {', '.join(choices)}, got {amp!r}")
+    return choices[amp]
 
 
 def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]) -> Any:
@@ -137,6 +146,78 @@ def _next_batch(iterator: Any) -> Any:
         raise DataLoadingError(message) from exc
 
 
+def _forward(
+    model: nn.Module,
+    images: Tensor,
+    target: Tensor,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype],
+    measure: bool,
+) -> tuple:
+    """The model's output and the loss; with ``measure``, also the MiB saved for backward (else None)."""
+    meter = SavedTensorMeter(exclude=[model]) if measure else nullcontext()
+    with meter, autocast_context(device, amp_dtype):
+        output = model(images)
+        loss = criterion(output.float(), target)
+    return output, loss, meter.bytes / MIB if measure else None  # type: ignore[union-attr]
+
+
+def _agree(finite: bool, stop: bool, world: int, device: torch.device) -> tuple:
+    """(finite, stop) as every rank sees them: non-finite or stopping anywhere counts everywhere."""
+    if world > 1:
+        flags = torch.tensor([0.0 if finite else 1.0, 1.0 if stop else 0.0], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        finite, stop = flags[0].item() == 0.0, flags[1].item() > 0.0
+    return finite, stop
+
+
+def _optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: Optional[Any]) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+class _EpochMeters:
+    """Loss and accuracy over the epoch's images; iteration and data time over its timed steps."""
+
+    def __init__(self) -> None:
+        self.losses, self.top1 = AverageMeter("loss"), AverageMeter("acc1")
+        self.iter_times, self.data_times = AverageMeter("time"), AverageMeter("data")
+        self.activations_mb = float("nan")
+        self.batch_size = 0
+
+    def update(self, loss: float, acc1: float, n: int, times: Optional[tuple]) -> None:
+        self.losses.update(loss, n)
+        self.top1.update(acc1, n)
+        self.batch_size = n
+        if times is not None:
+            self.iter_times.update(times[0])
+            self.data_times.update(times[1])
+
+    def result(self, lr: float, device: torch.device, world: int, ran: int, step: int, stopped: bool) -> dict:
+        timed = self.iter_times.count
+        iter_time = self.iter_times.avg if timed else float("nan")
+        return {
+            "loss": self.losses.avg,
+            "acc1": self.top1.avg,
+            "lr": lr,
+            "iter_time_s": iter_time,
+            "data_time_s": self.data_times.avg if self.data_times.count else float("nan"),
+            "images_per_s": self.batch_size * world / iter_time if timed and iter_time > 0 else float("nan"),
+            "activations_mb": self.activations_mb,
+            "peak_gb": peak_memory_gb(device),
+            "iterations": float(ran),
+            "next_iter": float(step),
+            "stopped": 1.0 if stopped else 0.0,
+        }
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -171,93 +252,53 @@ def train_one_epoch(
     criterion = criterion or F.cross_entropy
     total = iters_per_epoch if iters_per_epoch is not None else len(loader)  # type: ignore[arg-type]
     world = dist.get_world_size() if _distributed() else 1
-    losses, top1 = AverageMeter("loss"), AverageMeter("acc1")
-    iter_times, data_times = AverageMeter("time"), AverageMeter("data")
-    activations_mb = float("nan")
-    batch_size = 0
-    stopped = False
+    meters, step, ran, stopped = _EpochMeters(), start_iter, 0, False
     model.train()
     reset_peak_memory(device)
     iterator = iter(loader)
+    disable = None if progress else True
     bar = tqdm(
-        total=total,
-        initial=start_iter,
-        desc=f"epoch {epoch} train",
-        disable=None if progress else True,
-        dynamic_ncols=True,
+        total=total, initial=start_iter, desc=f"epoch {epoch} train", disable=disable, dynamic_ncols=True
     )
-    step = start_iter
-    ran = 0
     try:
-        while step < total:
+        while step < total and not stopped:
             start = time.perf_counter()
-            images, target = _next_batch(iterator)
-            images, target = _to_device(images, target, device, channels_last)
+            images, target = _to_device(*_next_batch(iterator), device, channels_last)
             data_time = time.perf_counter() - start
-            batch_size = images.size(0)
-
             measure = measure_activations and ran == 0
-            meter = SavedTensorMeter(exclude=[model]) if measure else nullcontext()
-            with meter, autocast_context(device, amp_dtype):
-                output = model(images)
-                loss = criterion(output.float(), target)
+            output, loss, saved_mb = _forward(model, images, target, criterion, device, amp_dtype, measure)
             if measure:
-                activations_mb = meter.bytes / MIB  # type: ignore[union-attr]
+                meters.activations_mb = saved_mb
             loss_value = loss.item()
             stop_now = bool(should_stop()) if should_stop is not None else False
-            finite = math.isfinite(loss_value)
-            if world > 1:
-                flags = torch.tensor([0.0 if finite else 1.0, 1.0 if stop_now else 0.0], device=device)
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                finite, stop_now = flags[0].item() == 0.0, flags[1].item() > 0.0
+            finite, stopped = _agree(math.isfinite(loss_value), stop_now, world, device)
             if not finite:
                 raise NonFiniteLossError(epoch, step, loss_value)
-
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            _optimizer_step(loss, optimizer, scaler)
             _sync(device)
-            elapsed = time.perf_counter() - start
-
+            timed = not measure or total - start_iter == 1
+            times = (time.perf_counter() - start, data_time) if timed else None
             acc1 = accuracy(output.detach(), target)[0]
-            losses.update(loss_value, batch_size)
-            top1.update(acc1, batch_size)
-            if not measure or total - start_iter == 1:
-                iter_times.update(elapsed)
-                data_times.update(data_time)
-            lr = optimizer.param_groups[0]["lr"]
+            meters.update(loss_value, acc1, images.size(0), times)
             if on_step is not None:
-                on_step(step, {"loss": loss_value, "acc1": acc1, "lr": lr})
-            bar.set_postfix(loss=f"{losses.avg:.4f}", acc1=f"{top1.avg:.1f}", refresh=False)
+                on_step(step, {"loss": loss_value, "acc1": acc1, "lr": optimizer.param_groups[0]["lr"]})
+            bar.set_postfix(loss=f"{meters.losses.avg:.4f}", acc1=f"{meters.top1.avg:.1f}", refresh=False)
             bar.update(1)
-            step += 1
-            ran += 1
-            if stop_now:
-                stopped = True
-                break
+            step, ran = step + 1, ran + 1
     finally:
         bar.close()
-    iter_time = iter_times.avg if iter_times.count else float("nan")
-    return {
-        "loss": losses.avg,
-        "acc1": top1.avg,
-        "lr": optimizer.param_groups[0]["lr"],
-        "iter_time_s": iter_time,
-        "data_time_s": data_times.avg if data_times.count else float("nan"),
-        "images_per_s": batch_size * world / iter_time
-        if iter_times.count and iter_time > 0
-        else float("nan"),
-        "activations_mb": activations_mb,
-        "peak_gb": peak_memory_gb(device),
-        "iterations": float(ran),
-        "next_iter": float(step),
-        "stopped": 1.0 if stopped else 0.0,
-    }
+    return meters.result(optimizer.param_groups[0]["lr"], device, world, ran, step, stopped)
+
+
+def _sum_over_ranks(totals: Tensor, stopped: bool, device: torch.device) -> tuple:
+    """Under torch.distributed: the totals summed over every rank, and whether any rank stopped."""
+    if not _distributed():
+        return totals, stopped
+    flags = torch.cat([totals, torch.tensor([1.0 if stopped else 0.0], dtype=torch.float64)])
+    flags = flags.to(device)
+    dist.all_reduce(flags)
+    flags = flags.cpu()
+    return flags[:4], bool(flags[4].item() > 0)
 
 
 @torch.no_grad()
@@ -312,12 +353,7 @@ def validate(
     finally:
         bar.close()
         model.train(was_training)
-    if _distributed():
-        flags = torch.cat([totals, torch.tensor([1.0 if stopped else 0.0], dtype=torch.float64)])
-        flags = flags.to(device)
-        dist.all_reduce(flags)
-        flags = flags.cpu()
-        totals, stopped = flags[:4], bool(flags[4].item() > 0)
+    totals, stopped = _sum_over_ranks(totals, stopped, device)
     count = totals[3].item()
     return {
         "loss": totals[0].item() / count if count else float("nan"),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO, subprocess_env
+from ..finetune.conftest import REPO, subprocess_env
 
 DEMO = REPO / "examples" / "demo_modes.py"
 

@@ -143,7 +143,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
     is missing, truncated/corrupt, or not such a checkpoint."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path given to --resume")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
     if path.is_dir():
         raise CheckpointError(
             f"checkpoint {str(path)!r} is a directory; give the file, e.g. "
@@ -160,9 +160,9 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "model" not in checkpoint:
         raise CheckpointError(
-            f"{str(path)!r} is not a tllib_tune training checkpoint (no 'format'/'model' entries); "
-            "--resume takes the latest.pt or best.pt that examples/finetune.py writes. To start from plain "
-            "weights use --pretrained instead"
+            f"{str(path)!r} is not a tllib_tune training checkpoint (no 'format'/'model' entries): give a "
+            "latest.pt or best.pt that fine-tuning wrote (save_checkpoint); plain weights load as "
+            "`pretrained` instead"
         )
     return checkpoint
 
@@ -175,7 +175,7 @@ def _preview(keys: Iterable[str], limit: int = 5) -> str:
 
 def load_model_state(model: nn.Module, state: Dict[str, Any], *, source: str = "checkpoint") -> None:
     """Load ``state`` into ``model`` strictly; missing, unexpected or mis-shaped keys raise
-    :class:`CheckpointError` naming them (the usual cause is a checkpoint made for another --arch)."""
+    :class:`CheckpointError` naming them (the usual cause is a checkpoint made for another architecture)."""
     plain = unwrap_model(model)
     state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     own = plain.state_dict()
@@ -196,6 +196,6 @@ def load_model_state(model: nn.Module, state: Dict[str, Any], *, source: str = "
     if problems:
         raise CheckpointError(
             f"{source} does not fit the model ({'; '.join(problems)}); it was probably made for another "
-            "--arch or number of classes"
+            "`arch` or number of classes"
         )
     plain.load_state_dict(state, strict=True)

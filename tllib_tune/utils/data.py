@@ -58,7 +58,7 @@ class EpochBatchSampler(Sampler[List[Tuple[int, int]]]):
         if num_samples < global_batch:
             raise ValueError(
                 f"the training set has {num_samples} images, fewer than one batch of {global_batch} "
-                f"({batch_size} per process x {world_size} processes); use a smaller --batch-size"
+                f"({batch_size} per process x {world_size} processes); use a smaller `batch_size`"
             )
         self.num_samples = num_samples
         self.batch_size = batch_size

@@ -1,13 +1,19 @@
 """The smallest feature map a network produces: BatchNorm with batch statistics (Train mode, In-Place
 ABN) needs more than one value per channel, so a batch of one image whose last map is 1 x 1 cannot train.
-Scripts check this up front instead of failing inside BatchNorm after setup."""
+:func:`batch_statistics_problem` is the one check the fine-tuning runner and the benchmarks make up front,
+instead of failing inside BatchNorm after setup."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
+
+__all__ = ["BATCH_STATISTICS_MODES", "smallest_feature_map", "batch_statistics_problem"]
+
+#: The modes whose BatchNorm normalises with the batch's own statistics.
+BATCH_STATISTICS_MODES = ("train", "inplace-abn")
 
 
 def smallest_feature_map(model: nn.Module, input_size: int, in_channels: int = 3) -> int:
@@ -36,3 +42,37 @@ def smallest_feature_map(model: nn.Module, input_size: int, in_channels: int = 3
             hook.remove()
         model.train(was_training)
     return min(sizes)
+
+
+def batch_statistics_problem(
+    model: nn.Module,
+    batch_sizes: Iterable[int],
+    input_sizes: Iterable[int],
+    modes: Iterable[str],
+    *,
+    name: Optional[str] = None,
+    batch_arg: str = "batch_size",
+    input_arg: str = "input_size",
+) -> Optional[str]:
+    """Why ``model`` cannot train on some (batch size, input size) in one of ``modes``, or None.
+
+    Only :data:`BATCH_STATISTICS_MODES` matter (the others use running statistics). The message names
+    the arguments as `batch_arg` and `input_arg` (in backquotes, for a command line to turn into its
+    flags) and the model as ``name``; one forward per input size measures the smallest map."""
+    used = [m for m in BATCH_STATISTICS_MODES if m in set(modes)]
+    if not used:
+        return None
+    smallest: Dict[int, int] = {}
+    for input_size in input_sizes:
+        for batch_size in batch_sizes:
+            if input_size not in smallest:
+                smallest[input_size] = smallest_feature_map(model, input_size)
+            if batch_size * smallest[input_size] > 1:
+                continue
+            return (
+                f"`{batch_arg}` {batch_size} at `{input_arg}` {input_size}: BatchNorm with batch statistics "
+                f"({' and '.join(used)} mode) needs more than one value per channel, but "
+                f"{name or type(model).__name__}'s smallest feature map holds {smallest[input_size]} per "
+                f"image; use `{batch_arg}` 2 or more, or a larger `{input_arg}`"
+            )
+    return None

@@ -1,11 +1,12 @@
-"""examples/finetune.py end to end: every mode logs every tag, eval == tune, exact resume, torchrun.
+"""tllib_tune.finetune end to end through examples/finetune.py: every mode logs every tag, eval == tune,
+exact resume, torchrun, the quick start.
 
 Runs are tiny (resnet18 at 32 px, batch 4, a few steps) on the session's synthetic set.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tllib_tune.finetune import cli, runner
+from tllib_tune.finetune.cli import parse_config
 
 from .conftest import FINETUNE, REPO, run_finetune, subprocess_env, tiny_args
 
@@ -36,14 +40,6 @@ HPARAM_TAGS = ["hparam/acc1", "hparam/iter_time_s", "hparam/activations_mb", "hp
 
 
 MODES = ["train", "eval", "tune", "deploy", "inplace-abn"]
-
-
-def load_finetune():
-    """examples/finetune.py as a module, for the tests that run it in this process."""
-    spec = importlib.util.spec_from_file_location("finetune_example", FINETUNE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def scalars(log: Path, tag: str, sub: str = "") -> list:
@@ -215,8 +211,7 @@ def test_sigint_saves_latest_and_resume_matches(synthetic_root, backbone_file, u
 def test_sigterm_mid_epoch_then_resume_matches(
     synthetic_root, backbone_file, uninterrupted, tmp_path, monkeypatch
 ):
-    finetune = load_finetune()
-    real = finetune.train_one_epoch
+    real = runner.train_one_epoch
 
     def signal_at_step_3_of_epoch_1(*args, **kwargs):
         on_step = kwargs["on_step"]
@@ -231,15 +226,15 @@ def test_sigterm_mid_epoch_then_resume_matches(
 
     log = tmp_path / "run"
     args = tiny_args(synthetic_root, log, backbone_file, **RESUME)
-    monkeypatch.setattr(finetune, "train_one_epoch", signal_at_step_3_of_epoch_1)
-    assert finetune.main(args) == 128 + signal.SIGTERM
+    monkeypatch.setattr(runner, "train_one_epoch", signal_at_step_3_of_epoch_1)
+    assert cli.main(args, prog="finetune.py") == 128 + signal.SIGTERM
     checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=False)
     assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 5)  # the flag is read in the next step
     assert checkpoint["modes"]["counts"] == {"tune": 20}
     assert checkpoint["partial"]["iterations"] == 5
 
-    monkeypatch.setattr(finetune, "train_one_epoch", real)
-    assert finetune.main(args + ["--resume", str(log / "checkpoints" / "latest.pt")]) == 0
+    monkeypatch.setattr(runner, "train_one_epoch", real)
+    assert cli.main(args + ["--resume", str(log / "checkpoints" / "latest.pt")], prog="finetune.py") == 0
     assert_same_weights(model_state(log / "checkpoints" / "latest.pt"), uninterrupted)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
@@ -276,41 +271,26 @@ def test_torchrun_two_processes_on_cpu(synthetic_root, backbone_file, tmp_path):
 
 
 def test_quick_start_defaults_and_overrides():
-    finetune = load_finetune()
-    args = finetune.parse_args(["--quick-start"])
-    assert (args.dataset, args.pretrained, args.arch) == ("synthetic", "none", "resnet18")
-    assert args.input_size < 224 and args.root == os.path.join("data", "synthetic-quickstart")
-    assert args.dataset_options == finetune.QUICK_START_DATA
-    args = finetune.parse_args(["--quick-start", "--epochs", "1", "--mode-schedule", "tune:0-1"])
-    assert args.epochs == 1 and args.schedule == [("tune", 0, 1)] and args.dataset == "synthetic"
-    args = finetune.parse_args(["--quick-start", "--mode", "eval"])  # an explicit mode replaces the schedule
-    assert args.mode_schedule is None and args.schedule == [("eval", 0, args.epochs)]
-    assert finetune.parse_args([]).pretrained == "imagenet"  # no opt-in: ImageNet weights, never random
+    config = parse_config(["--quick-start"])
+    assert (config.dataset, config.pretrained, config.arch) == ("synthetic", "none", "resnet18")
+    assert config.input_size < 224 and config.root == os.path.join("data", "synthetic-quickstart")
+    assert config.reader_options == {"images_per_class": 100} and config.quick_start
+    config = parse_config(["--quick-start", "--epochs", "1", "--mode-schedule", "tune:0-1"])
+    assert config.epochs == 1 and config.schedule == [("tune", 0, 1)] and config.dataset == "synthetic"
+    config = parse_config(["--quick-start", "--mode", "eval"])  # an explicit mode replaces the schedule
+    assert config.mode_schedule is None and config.schedule == [("eval", 0, config.epochs)]
+    assert parse_config([]).pretrained == "imagenet"  # no opt-in: ImageNet weights, never random
+    # the quick start's data options are the synthetic set's only
+    assert parse_config(["--quick-start", "-d", "cub200"]).reader_options == {}
 
 
-def test_quick_start_says_what_it_does(synthetic_root, tmp_path, monkeypatch, capsys):
-    finetune = load_finetune()
-    monkeypatch.setattr(finetune, "QUICK_START_DATA", {})  # the session's smaller synthetic set
-    flags = [
-        "--quick-start",
-        "--root",
-        str(synthetic_root),
-        "--log",
-        str(tmp_path / "q"),
-        "--epochs",
-        "1",
-        "-i",
-        "1",
-        "--input-size",
-        "32",
-        "-b",
-        "4",
-        "--mode-schedule",
-        "train:0-1",
-        "--workers",
-        "0",
-    ]
-    assert finetune.main(flags) == 0
+def test_quick_start_says_what_it_does(synthetic_root, tmp_path, capsys):
+    log = str(tmp_path / "q")
+    tiny = "--epochs 1 -i 1 --input-size 32 -b 4 --mode-schedule train:0-1 -j 0".split()
+    flags = ["--quick-start", "--root", str(synthetic_root), "--log", log, *tiny]
+    config = dataclasses.replace(parse_config(flags), dataset_options={})  # the session's smaller set
+    final = runner.Runner(config).run()
     out = capsys.readouterr().out
     assert "Quick start (offline): a synthetic fine-grained data set" in out
-    assert "random initialisation (no pretrained download)" in out and "final test acc1" in out
+    assert "random initialisation (`pretrained` none, no download)" in out  # the library's own terms
+    assert f"final test acc1 {final['test_acc1']:.2f}%" in out

@@ -1,4 +1,5 @@
-"""scripts/benchmark_modes.py: a tiny run writes a complete CSV; mode order, targets, keep-folded."""
+"""tllib_tune.benchmark through scripts/benchmark_modes.py: a tiny run writes a complete CSV; mode order,
+targets, keep-folded, the batch-statistics check."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 
 from tests.conftest import randomize_bn_, rel_err
 from tllib_tune import ConvBN
+from tllib_tune.benchmark import IterationBenchmark, fault_notes, format_targets, keep_folded_forward
+from tllib_tune.benchmark.cli import parse_args, settings_from
 from tllib_tune.models import get_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,13 +35,8 @@ def _run(*args):
     )
 
 
-def _import_script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import benchmark_modes
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return benchmark_modes
+def _bench(argv):
+    return IterationBenchmark(settings_from(parse_args(argv)))
 
 
 def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
@@ -103,23 +101,24 @@ def test_a_batch_of_one_1x1_map_fails_before_timing_in_batch_statistics_modes(tm
         "--device", "cpu", "--out", str(tmp_path / "bench"),
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "batch 1 x 32" in proc.stderr and "--batch-sizes" in proc.stderr and "train" in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("benchmark_modes.py: error: --batch-sizes 1 at --input-sizes 32:"), line
+    assert "(train mode)" in line and "holds 1 per image" in line and "out of --modes" in line
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "bench").exists()  # refused before the output directory is made
 
-    benchmark_modes = _import_script()
-    argv = ["--arch", "resnet18", "--batch-sizes", "1", "--input-sizes", "32,64", "--device", "cpu"]
-    runner = benchmark_modes.Runner(benchmark_modes.parse_args(argv + ["--modes", "tune,deploy"]))
-    assert runner.smallest_feature_map(32) == 1 and runner.smallest_feature_map(64) == 4
-    assert benchmark_modes.batch_statistics_problem(runner, runner.args) is None  # running statistics only
-    args = benchmark_modes.parse_args(argv + ["--modes", "eval,inplace-abn", "--input-sizes", "64"])
-    assert benchmark_modes.batch_statistics_problem(benchmark_modes.Runner(args), args) is None
+    argv = ["--arch", "resnet18", "--device", "cpu"]
+    bench = _bench(argv + ["--modes", "tune,deploy"])
+    assert bench.batch_statistics_problem([1], [32, 64]) is None  # running statistics only
+    bench = _bench(argv + ["--modes", "eval,inplace-abn"])
+    assert bench.batch_statistics_problem([1], [64]) is None  # a 2 x 2 map: 4 values per channel
+    problem = bench.batch_statistics_problem([2, 1], [64, 32])  # 2 x 32 passes, 1 x 32 does not
+    assert problem.startswith("`batch_size` 1 at `input_size` 32: ") and "(inplace-abn mode)" in problem
 
 
 def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
-    benchmark_modes = _import_script()
     modes = ["train", "tune", "deploy"]
-    args = benchmark_modes.parse_args(
+    runner = _bench(
         [
             "--arch",
             "resnet18",
@@ -133,7 +132,6 @@ def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
             "cpu",
         ]
     )
-    runner = benchmark_modes.Runner(args)
     timed = []
 
     def fake_iteration(mode, x, y, meter=None):
@@ -152,7 +150,6 @@ def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
 
 
 def test_targets_summary_counts_the_settings_within_each_limit():
-    benchmark_modes = _import_script()
 
     def tune_row(batch, time_vs_deploy):
         ratios = {"memory_vs_deploy": 1.0, "memory_vs_eval": 0.48, "time_vs_eval": 0.9}
@@ -164,14 +161,14 @@ def test_targets_summary_counts_the_settings_within_each_limit():
             **ratios,
         }
 
-    lines = benchmark_modes.format_targets([tune_row(2, 1.02), tune_row(4, 1.10)]).splitlines()
+    lines = format_targets([tune_row(2, 1.02), tune_row(4, 1.10)]).splitlines()
     assert lines[0].split()[1:] == ["2", "x", "32", "4", "x", "32", "met"]
     assert lines[1].endswith("1.000     1.000  yes")
     assert lines[4].endswith("1.020     1.100  no, 1 of 2 within")
     # without deploy in the run there is nothing to compare with: that target is left out
-    lines = benchmark_modes.format_targets([dict(tune_row(2, None), memory_vs_deploy=None)]).splitlines()
+    lines = format_targets([dict(tune_row(2, None), memory_vs_deploy=None)]).splitlines()
     assert [line.split("<=")[0].strip() for line in lines[1:]] == ["memory tune/eval", "time tune/eval"]
-    assert benchmark_modes.format_targets([dict(tune_row(2, 1.0), mode="eval")]) is None
+    assert format_targets([dict(tune_row(2, 1.0), mode="eval")]) is None
 
 
 def test_keep_folded_mode_keeps_one_folded_weight_per_block(tmp_path):
@@ -194,14 +191,13 @@ def test_keep_folded_mode_keeps_one_folded_weight_per_block(tmp_path):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_keep_folded_forward_is_the_blocks_eval_function(bias):
-    benchmark_modes = _import_script()
     gen = torch.Generator().manual_seed(3)
     block = ConvBN(4, 6, 3, stride=2, bias=bias, mode="eval").double()
     randomize_bn_(block.bn, gen)
     x = torch.randn(2, 4, 9, 9, generator=gen, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(2, 6, 5, 5, generator=gen, dtype=torch.float64)
     grads = []
-    for forward in (block, lambda t: benchmark_modes.keep_folded_forward(block, t)):
+    for forward in (block, lambda t: keep_folded_forward(block, t)):
         out = forward(x)
         params = [x, block.conv.weight, block.bn.weight, block.bn.bias]
         grads.append((out, *torch.autograd.grad(out, params, upstream)))
@@ -210,20 +206,19 @@ def test_keep_folded_forward_is_the_blocks_eval_function(bias):
 
 
 def test_fault_notes_flag_settings_where_tune_and_deploy_faulted_apart():
-    benchmark_modes = _import_script()
 
     def row(mode, batch, faults, activation_mb=100.0):
         return {"mode": mode, "batch_size": batch, "input_size": 224, "page_faults": faults,
                 "activation_mb": activation_mb}  # fmt: skip
 
     consistent = [row("tune", 16, 62_694), row("deploy", 16, 62_692), row("eval", 16, 446_841)]
-    assert benchmark_modes.fault_notes(consistent) is None
-    assert benchmark_modes.fault_notes([row("tune", 8, 0), row("deploy", 8, 5_000)]) is None  # below floor
+    assert fault_notes(consistent) is None
+    assert fault_notes([row("tune", 8, 0), row("deploy", 8, 5_000)]) is None  # below floor
     # the run where Tune took 1.08 M faults against Deploy's 0.69 M at 32 x 224
-    notes = benchmark_modes.fault_notes(consistent + [row("tune", 32, 1_078_605), row("deploy", 32, 689_787)])
+    notes = fault_notes(consistent + [row("tune", 32, 1_078_605), row("deploy", 32, 689_787)])
     assert notes is not None and "32 x 224" in notes and "16 x 224" not in notes
     assert "1078605 and 689787" in notes and "MALLOC_TRIM_THRESHOLD_" in notes
     # under autocast Deploy keeps more (its low-precision weight copies): fault counts may differ
     amp = [row("tune", 8, 11_942, 42.4), row("deploy", 8, 40_000, 87.1)]
-    assert benchmark_modes.fault_notes(amp) is None
-    assert benchmark_modes.fault_notes([row("tune", 8, None), row("deploy", 8, None)]) is None
+    assert fault_notes(amp) is None
+    assert fault_notes([row("tune", 8, None), row("deploy", 8, None)]) is None

@@ -1,4 +1,5 @@
-"""Smoke test of scripts/profile_modes.py: a tiny run lists the operators that differ between two modes."""
+"""tllib_tune.benchmark.profile through scripts/profile_modes.py: a tiny run lists the operators that
+differ between two modes."""
 
 from __future__ import annotations
 
@@ -46,4 +47,4 @@ def test_a_batch_of_one_1x1_map_in_train_mode_exits_with_the_fix():
         "--device", "cpu",
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "batch 1 x 32" in proc.stderr and "--batch-size of at least 2" in proc.stderr
+    assert "--batch-size 1 at --input-size 32" in proc.stderr and "use --batch-size 2 or more" in proc.stderr

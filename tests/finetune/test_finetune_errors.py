@@ -1,4 +1,5 @@
-"""examples/finetune.py on bad input and failures: one clear line on stderr, a non-zero exit, no traceback.
+"""examples/finetune.py (tllib_tune.finetune's command line) on bad input and failures: one clear line on
+stderr, a non-zero exit, no traceback.
 
 Each case runs the script in a subprocess (except out-of-memory, which a CPU cannot produce on demand:
 that one raises torch.OutOfMemoryError from the loop inside this process).
@@ -13,10 +14,12 @@ import sys
 import pytest
 import torch
 
+from tllib_tune.finetune import cli, runner
+from tllib_tune.finetune.errors import divergence_advice
 from tllib_tune.utils.checkpoint import save_checkpoint
+from tllib_tune.utils.cli import flag_names, to_flags
 
 from .conftest import FINETUNE, run_finetune, subprocess_env, tiny_args
-from .test_finetune import load_finetune
 
 
 def error_line(result) -> str:
@@ -287,7 +290,7 @@ def test_non_finite_loss_in_deploy_mode(args, synthetic_root, backbone_file, tmp
     ],
 )
 def test_divergence_advice_fits_the_run(mode, amp, pretrained, wanted, unwanted):
-    advice = load_finetune().divergence_advice(mode, amp, pretrained)
+    advice = to_flags(divergence_advice(mode, amp, pretrained), flag_names(cli.build_parser()))
     assert advice[0].isupper()
     for fragment in wanted:
         assert fragment in advice, advice
@@ -296,13 +299,11 @@ def test_divergence_advice_fits_the_run(mode, amp, pretrained, wanted, unwanted)
 
 
 def test_out_of_memory_names_mode_and_batch(args, monkeypatch, capsys):
-    finetune = load_finetune()
-
     def out_of_memory(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(finetune, "train_one_epoch", out_of_memory)
-    assert finetune.main(args(mode="eval")) == 1
+    monkeypatch.setattr(runner, "train_one_epoch", out_of_memory)
+    assert cli.main(args(mode="eval"), prog="finetune.py") == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("finetune.py: error: out of memory in eval mode with --batch-size 4")
     assert "--mode tune" in line and "smaller --batch-size" in line

@@ -1,5 +1,6 @@
-"""Fixtures for the examples' end-to-end tests: one synthetic data set and backbone file per session,
-and a runner for examples/finetune.py in a subprocess with tiny settings."""
+"""Fixtures for the fine-tuning end-to-end tests: one synthetic data set and backbone file per session,
+and a runner for examples/finetune.py (the documented entry point of tllib_tune.finetune) in a subprocess
+with tiny settings."""
 
 from __future__ import annotations
 

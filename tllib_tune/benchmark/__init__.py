@@ -1,0 +1,30 @@
+"""The benchmark of one fine-tuning iteration per mode (the paper's Figure 3 / Appendix E) and the
+op-by-op profile of two modes: :mod:`.measure` (the model, the iteration, interleaved timing and exact
+activation memory), :mod:`.report` (table, targets, CSV, TensorBoard, PNG), :mod:`.profile`
+(torch.profiler per operator), :mod:`.cli` (``tllib-tune benchmark`` and ``tllib-tune profile``)."""
+
+from .measure import (
+    ALL_MODES,
+    DEFAULT_MODES,
+    BenchmarkSettings,
+    IterationBenchmark,
+    Result,
+    keep_folded_forward,
+)
+from .profile import format_report, profile_modes
+from .report import fault_notes, format_table, format_targets, rows_for
+
+__all__ = [
+    "ALL_MODES",
+    "DEFAULT_MODES",
+    "BenchmarkSettings",
+    "IterationBenchmark",
+    "Result",
+    "keep_folded_forward",
+    "rows_for",
+    "format_table",
+    "format_targets",
+    "fault_notes",
+    "profile_modes",
+    "format_report",
+]

@@ -1,0 +1,281 @@
+"""Measuring one fine-tuning iteration per mode: the model, the iteration, the interleaved timing.
+
+One iteration = forward of a zoo backbone plus a linear head, cross-entropy, backward, SGD step. For every
+(batch size, input size) the modes run interleaved, in alternating order repeat after repeat, so that
+drift hits them alike. Activation memory is the exact saved-for-backward byte count (parameters
+excluded); on CUDA the peak allocated memory is taken too, and everywhere the process's minor page faults
+per iteration (fresh memory pages the OS had to map: on the CPU a large share of the time).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .. import ConvBN, Mode, set_mode
+from ..engine import amp_dtype
+from ..models import get_model
+from ..utils.feature_maps import batch_statistics_problem
+from ..utils.memory import SavedTensorMeter
+
+__all__ = [
+    "MODE_CHOICES",
+    "DEFAULT_MODES",
+    "ALL_MODES",
+    "TIMING_ENV",
+    "BenchmarkSettings",
+    "Result",
+    "Net",
+    "IterationBenchmark",
+    "keep_folded_forward",
+    "minor_page_faults",
+    "timing_environment",
+]
+
+#: The ConvBN blocks' own modes.
+MODE_CHOICES = tuple(m.value for m in Mode)
+#: What a run measures unless told otherwise.
+DEFAULT_MODES = (*MODE_CHOICES, "inplace-abn")
+#: keep-folded: Tune as the other implementations compute it (PyTorch's efficient_conv_bn_eval pass, MMCV's
+#: ConvModule(efficient_conv_bn_eval=True), the paper's code): the fold built from autograd operations in
+#: every call, so the convolution keeps the folded weight for backward. For comparison only.
+ALL_MODES = (*DEFAULT_MODES, "keep-folded")
+
+#: Environment variables that move CPU timings (OpenMP thread waiting, the C allocator); reports name the
+#: ones set, so that runs can be compared.
+TIMING_ENV = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "LD_PRELOAD",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_CONF",
+)
+
+
+@dataclass
+class BenchmarkSettings:
+    """What is measured: the backbone, the modes, the device and numerics, the timing protocol."""
+
+    arch: str = "resnet50"
+    modes: Sequence[str] = DEFAULT_MODES
+    device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = False
+    num_classes: int = 200
+    repeats: int = 5
+    warmup: int = 2
+
+
+@dataclass
+class Result:
+    """One mode at one (batch size, input size): its timed iterations and its memory."""
+
+    mode: str
+    batch_size: int
+    input_size: int
+    times: List[float] = field(default_factory=list)
+    activation_bytes: int = 0
+    peak_bytes: Optional[int] = None
+    page_faults: List[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def minor_page_faults() -> Optional[int]:
+    """Minor page faults of this process so far; None where the platform does not count them."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timing_environment() -> str:
+    """The TIMING_ENV variables that are set, or a note that the defaults are in use."""
+    found = [f"{k}={os.environ[k]}" for k in TIMING_ENV if os.environ.get(k)]
+    return ", ".join(found) if found else "default OpenMP and allocator settings"
+
+
+class Net(nn.Module):
+    """Backbone + global pool + linear head: what a fine-tuning iteration trains."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(backbone.out_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.backbone(x)))
+
+
+def _realistic_bn_(model: nn.Module, seed: int = 0) -> None:
+    """Pretrained-like BN statistics, so deploy's fold and tune's scale are not the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+            c = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+
+
+def keep_folded_forward(block: ConvBN, x: torch.Tensor) -> torch.Tensor:
+    """A ConvBN block's eval-mode function computed as the other Tune implementations do: the fold
+    s = gamma / sqrt(var + eps), W' = W * s, b' = beta + (b - mean) * s from autograd operations, then
+    the convolution, which saves W' (a weight-sized tensor per block) for its backward."""
+    conv, bn = block.conv, block.bn
+    if not bn.affine:
+        raise ValueError("keep-folded compares affine BatchNorm only")
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+    centred_bias = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
+    return conv._conv_forward(x, weight, bn.bias + centred_bias * scale)
+
+
+class IterationBenchmark:
+    """One model (plus an In-Place ABN copy if asked) and its optimizer; runs timed iterations."""
+
+    def __init__(self, settings: BenchmarkSettings) -> None:
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        torch.manual_seed(0)
+        base = Net(get_model(settings.arch, pretrained=False), settings.num_classes)
+        _realistic_bn_(base)
+        self.models: Dict[str, nn.Module] = {}
+        if any(m in MODE_CHOICES or m == "keep-folded" for m in settings.modes):
+            self.models["convbn"] = base
+        self._blocks = [m for m in base.modules() if isinstance(m, ConvBN)]
+        self._keeping_folded = False
+        if "inplace-abn" in settings.modes:
+            from ..modules.inplace_abn import convert_to_inplace_abn
+
+            abn = Net(get_model(settings.arch, pretrained=False), settings.num_classes)
+            abn.load_state_dict(base.state_dict())
+            convert_to_inplace_abn(abn.backbone)
+            self.models["inplace-abn"] = abn
+        self.optimizers = {}
+        for key, model in self.models.items():
+            model.to(self.device).train()
+            if settings.channels_last:
+                model.to(memory_format=torch.channels_last)
+            self.optimizers[key] = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.amp_dtype = amp_dtype(settings.amp)
+
+    def batch_statistics_problem(
+        self,
+        batch_sizes: Sequence[int],
+        input_sizes: Sequence[int],
+        *,
+        batch_arg: str = "batch_size",
+        input_arg: str = "input_size",
+    ) -> Optional[str]:
+        """Why a setting cannot run in a batch-statistics mode, or None (see
+        :func:`tllib_tune.utils.feature_maps.batch_statistics_problem`); checked before anything is
+        timed, so that a long run does not die late."""
+        model = next(iter(self.models.values()))
+        settings = self.settings
+        return batch_statistics_problem(
+            model, batch_sizes, input_sizes, settings.modes, name=settings.arch, batch_arg=batch_arg,
+            input_arg=input_arg,
+        )  # fmt: skip
+
+    def model_for(self, mode: str) -> nn.Module:
+        """The model that runs ``mode``, switched to it (the mode switch is not timed)."""
+        if mode == "inplace-abn":
+            return self.models["inplace-abn"]
+        model = self.models["convbn"]
+        keep_folded = mode == "keep-folded"
+        if keep_folded != self._keeping_folded:
+            for block in self._blocks:
+                if keep_folded:  # an instance attribute, found before the class's forward
+                    block.forward = functools.partial(keep_folded_forward, block)
+                else:
+                    del block.forward
+            self._keeping_folded = keep_folded
+        set_mode(model.backbone, "eval" if keep_folded else mode)
+        return model
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def iteration(
+        self, mode: str, x: torch.Tensor, y: torch.Tensor, meter: Optional[SavedTensorMeter] = None
+    ) -> float:
+        """One timed forward + backward + SGD step in ``mode`` (``meter`` counts the forward's saved
+        tensors); returns the seconds it took."""
+        model = self.model_for(mode)
+        optimizer = self.optimizers["inplace-abn" if mode == "inplace-abn" else "convbn"]
+        self._sync()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            if meter is not None:
+                with meter:
+                    logits = model(x)
+            else:
+                logits = model(x)
+            loss = self.loss_fn(logits.float(), y)
+        loss.backward()
+        optimizer.step()
+        self._sync()
+        return time.perf_counter() - start
+
+    def batch(self, batch_size: int, input_size: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Random images and labels on the device, the same for every mode."""
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch_size, 3, input_size, input_size, generator=gen).to(self.device)
+        if self.settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, self.settings.num_classes, (batch_size,), generator=gen).to(self.device)
+        return x, y
+
+    def _memory(self, mode: str, x: torch.Tensor, y: torch.Tensor, result: Result) -> None:
+        meter = SavedTensorMeter(exclude=[self.model_for(mode)])
+        self.iteration(mode, x, y, meter)
+        result.activation_bytes = meter.bytes
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.iteration(mode, x, y)
+            result.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+
+    def measure(self, batch_size: int, input_size: int, progress: Any) -> List[Result]:
+        """Every mode at one setting: memory first, then warm-up and timed iterations, interleaved in
+        alternating order (ABC CBA ...), so that drift and a mode's position after another hit every
+        mode alike. ``progress.update(1)`` is called after each warm-up or timed iteration."""
+        settings = self.settings
+        x, y = self.batch(batch_size, input_size, seed=batch_size * 1000 + input_size)
+        results = {m: Result(m, batch_size, input_size) for m in settings.modes}
+        for mode, result in results.items():
+            self._memory(mode, x, y, result)
+        for _ in range(settings.warmup):
+            for mode in settings.modes:
+                self.iteration(mode, x, y)
+                progress.update(1)
+        for repeat in range(settings.repeats):
+            for mode in settings.modes if repeat % 2 == 0 else settings.modes[::-1]:
+                faults = minor_page_faults()
+                results[mode].times.append(self.iteration(mode, x, y))
+                if faults is not None:
+                    results[mode].page_faults.append(minor_page_faults() - faults)
+                progress.update(1)
+        return list(results.values())

@@ -1,0 +1,234 @@
+"""The benchmark's report: one row per (setting, mode) with ratios to eval and deploy, the printed
+table (the paper's Appendix E layout), Tune's ratios against the product's targets, page-fault notes,
+and the files: results.csv, a TensorBoard run, a PNG plot (with the "plot" extra)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..common import atomic_write
+from ..utils.memory import MIB
+from .measure import BenchmarkSettings, Result
+
+__all__ = [
+    "COLUMNS",
+    "TARGETS",
+    "RETAIN_MEMORY",
+    "rows_for",
+    "format_table",
+    "format_targets",
+    "fault_notes",
+    "write_csv",
+    "write_tensorboard",
+    "write_plot",
+]
+
+COLUMNS = [
+    "arch",
+    "device",
+    "amp",
+    "channels_last",
+    "batch_size",
+    "input_size",
+    "mode",
+    "median_s",
+    "min_s",
+    "activation_mb",
+    "peak_mb",
+    "time_vs_eval",
+    "time_vs_deploy",
+    "memory_vs_eval",
+    "memory_vs_deploy",
+    "page_faults",
+]
+
+
+def _ratio(value: float, ref: Optional[float]) -> Optional[float]:
+    return None if not ref else value / ref
+
+
+def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
+    """One row per result of a setting, with its ratios to the eval and deploy results of that setting."""
+    by_mode = {r.mode: r for r in results}
+    eval_r, deploy_r = by_mode.get("eval"), by_mode.get("deploy")
+    rows = []
+    for r in results:
+        rows.append(
+            {
+                "arch": settings.arch,
+                "device": settings.device,
+                "amp": settings.amp,
+                "channels_last": settings.channels_last,
+                "batch_size": r.batch_size,
+                "input_size": r.input_size,
+                "mode": r.mode,
+                "median_s": r.median,
+                "min_s": min(r.times),
+                "activation_mb": r.activation_bytes / MIB,
+                "peak_mb": None if r.peak_bytes is None else r.peak_bytes / MIB,
+                "time_vs_eval": _ratio(r.median, eval_r and eval_r.median),
+                "time_vs_deploy": _ratio(r.median, deploy_r and deploy_r.median),
+                "memory_vs_eval": _ratio(r.activation_bytes, eval_r and eval_r.activation_bytes),
+                "memory_vs_deploy": _ratio(r.activation_bytes, deploy_r and deploy_r.activation_bytes),
+                "page_faults": int(statistics.median(r.page_faults)) if r.page_faults else None,
+            }
+        )
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: List[dict], modes: Sequence[str]) -> str:
+    """Appendix E layout: one line per setting, time (s/iter) and memory (MiB) per mode, then ratios."""
+    settings = sorted({(r["batch_size"], r["input_size"]) for r in rows})
+    head = f"{'batch x size':>13} |" + "".join(f" {m:>19} |" for m in modes)
+    sub = f"{'':>13} |" + "".join(f" {'time s':>8} {'act MiB':>10} |" for _ in modes)
+    lines = [head, sub, "-" * len(head)]
+    for bs, size in settings:
+        cells = {r["mode"]: r for r in rows if (r["batch_size"], r["input_size"]) == (bs, size)}
+        line = f"{f'{bs} x {size}':>13} |"
+        for m in modes:
+            r = cells[m]
+            line += f" {r['median_s']:>8.4f} {r['activation_mb']:>10.1f} |"
+        lines.append(line)
+    lines.append("")
+    lines.append(
+        f"{'batch x size':>13} {'mode':>12} {'time/eval':>10} {'time/deploy':>12} "
+        f"{'mem/eval':>9} {'mem/deploy':>11} {'faults/iter':>12}"
+    )
+    for r in rows:
+        setting = f"{r['batch_size']} x {r['input_size']}"
+        lines.append(
+            f"{setting:>13} {r['mode']:>12} {_fmt(r['time_vs_eval'], '.3f'):>10} "
+            f"{_fmt(r['time_vs_deploy'], '.3f'):>12} {_fmt(r['memory_vs_eval'], '.3f'):>9} "
+            f"{_fmt(r['memory_vs_deploy'], '.3f'):>11} {_fmt(r['page_faults'], 'd'):>12}"
+        )
+    return "\n".join(lines)
+
+
+# The product's headline targets for Tune: (label, ratio column, upper limit).
+TARGETS: Tuple[Tuple[str, str, float], ...] = (
+    ("memory tune/deploy", "memory_vs_deploy", 1.01),
+    ("memory tune/eval", "memory_vs_eval", 0.50),
+    ("time tune/eval", "time_vs_eval", 0.95),
+    ("time tune/deploy", "time_vs_deploy", 1.03),
+)
+
+
+def format_targets(rows: List[dict]) -> Optional[str]:
+    """Tune's ratios against each target, per setting, and whether every setting meets it; None when
+    the run lacks tune or the modes a target compares with."""
+    tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
+    settings = sorted(tune)
+    if not settings:
+        return None
+    lines = [f"{'target':>26}" + "".join(f" {f'{b} x {s}':>9}" for b, s in settings) + "  met"]
+    for label, column, limit in TARGETS:
+        values = [tune[setting][column] for setting in settings]
+        if any(v is None for v in values):
+            continue
+        within = sum(v <= limit for v in values)
+        met = "yes" if within == len(values) else f"no, {within} of {len(values)} within"
+        lines.append(f"{f'{label} <= {limit:.2f}':>26}" + "".join(f" {v:>9.3f}" for v in values) + f"  {met}")
+    return "\n".join(lines) if len(lines) > 1 else None
+
+
+#: glibc settings under which freed memory stays mapped, so that no mode pays for page faults.
+RETAIN_MEMORY = (
+    "MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824"
+)
+
+
+def fault_notes(rows: List[dict], tolerance: float = 1.25, floor: int = 10_000) -> Optional[str]:
+    """A warning for each setting where Tune and Deploy, which keep the same activations, took page
+    faults more than ``tolerance`` times apart (and at least ``floor`` apart): the allocator's state,
+    not the mode, moved their time ratio there. None when every setting is consistent."""
+    by_setting: Dict[Tuple[int, int], Dict[str, dict]] = {}
+    for r in rows:
+        by_setting.setdefault((r["batch_size"], r["input_size"]), {})[r["mode"]] = r
+    notes = []
+    for (batch, size), modes in sorted(by_setting.items()):
+        tune, deploy = modes.get("tune"), modes.get("deploy")
+        if tune is None or deploy is None or tune["page_faults"] is None or deploy["page_faults"] is None:
+            continue
+        if abs(tune["activation_mb"] - deploy["activation_mb"]) > 0.01 * deploy["activation_mb"]:
+            continue  # they allocate differently (autocast keeps low-precision weight copies in deploy)
+        low, high = sorted((tune["page_faults"], deploy["page_faults"]))
+        if high - low >= floor and high > tolerance * low:
+            notes.append(
+                f"note: at {batch} x {size} tune and deploy keep the same activations but took "
+                f"{tune['page_faults']} and {deploy['page_faults']} minor page faults per iteration, so "
+                "their time ratio there reflects the allocator's state as much as the modes"
+            )
+    if not notes:
+        return None
+    notes.append(
+        f"for compute-only ratios rerun with {RETAIN_MEMORY} in the environment (glibc), or with "
+        "jemalloc or tcmalloc through LD_PRELOAD"
+    )
+    return "\n".join(notes)
+
+
+def write_csv(rows: List[dict], path: str) -> None:
+    """results.csv, one line per row (COLUMNS), written atomically."""
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
+
+
+def write_tensorboard(rows: List[dict], out: str) -> None:
+    """Time, activation and peak memory against batch size, per mode and input size, in <out>/tb."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(out, "tb"))
+    for r in rows:
+        tag = f"{r['mode']}/size{r['input_size']}"
+        writer.add_scalar(f"time_s/{tag}", r["median_s"], r["batch_size"])
+        writer.add_scalar(f"activations_mb/{tag}", r["activation_mb"], r["batch_size"])
+        if r["peak_mb"] is not None:
+            writer.add_scalar(f"peak_mb/{tag}", r["peak_mb"], r["batch_size"])
+    writer.close()
+
+
+def write_plot(rows: List[dict], modes: Sequence[str], path: str) -> bool:
+    """Memory and time against batch size and against input size; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    batch_sizes = sorted({r["batch_size"] for r in rows})
+    input_sizes = sorted({r["input_size"] for r in rows})
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, (x_key, fixed_key, fixed_value) in enumerate(
+        [("batch_size", "input_size", input_sizes[-1]), ("input_size", "batch_size", batch_sizes[-1])]
+    ):
+        for row_i, (y_key, label) in enumerate(
+            [("activation_mb", "activation memory (MiB)"), ("median_s", "s / iter")]
+        ):
+            ax = axes[row_i][col]
+            for m in modes:
+                pts = sorted(
+                    (r[x_key], r[y_key]) for r in rows if r["mode"] == m and r[fixed_key] == fixed_value
+                )
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+            ax.set_xlabel(x_key.replace("_", " "))
+            ax.set_ylabel(label)
+            ax.set_title(f"{fixed_key.replace('_', ' ')} = {fixed_value}")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(f"{rows[0]['arch']} on {rows[0]['device']}: one fine-tuning iteration per mode")
+    fig.tight_layout()
+    with atomic_write(path, "wb", suffix=".png") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return True

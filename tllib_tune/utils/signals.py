@@ -1,0 +1,53 @@
+"""Stopping a training loop cleanly on Ctrl-C or SIGTERM: a flag the loop reads after each step.
+
+The first SIGINT/SIGTERM only sets the flag, so the loop can finish the step and save a checkpoint; a
+second Ctrl-C raises KeyboardInterrupt at once. The previous handlers are restored on exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any, Dict, Optional
+
+__all__ = ["StopFlag"]
+
+
+class StopFlag:
+    """Context manager whose call says whether SIGINT/SIGTERM arrived; ``signum`` says which.
+
+    Args:
+        name: printed before the notice on stderr (e.g. the program's name).
+        saving: what the loop saves before it stops, named in the notice.
+    """
+
+    def __init__(self, name: str = "", saving: str = "latest.pt") -> None:
+        self.name = name
+        self.saving = saving
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        prefix = f"{self.name}: " if self.name else ""
+        print(
+            f"\n{prefix}{signal.Signals(signum).name} received: finishing this step and saving {self.saving} "
+            "(Ctrl-C again to quit without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __call__(self) -> bool:
+        return self.signum is not None
