@@ -35,9 +35,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = _Parser(
-        prog=PROG,
+        prog=prog,
         description="Reproduce the Tune-mode paper's claims offline on 2 CPU cores: pretrain on a synthetic "
         "source set, fine-tune on a new target set in every mode over seeds, write Table 3 / Table 5, "
         "Figure 2 and a float64 check (defaults: about 10 minutes; --fast: about a minute).",
@@ -93,9 +93,9 @@ def _folder(flag: str, text: str) -> Path:
     return path
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None, *, prog: str = PROG) -> argparse.Namespace:
     """Parse and check the flags; raises :class:`UsageError` naming the bad one."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     args.seeds, args.modes, args.threads = _seeds(args.seeds), _modes(args.modes), _threads(args.threads)
     args.out, args.data = _folder("--out", args.out), _folder("--data", args.data)
     return args
@@ -126,12 +126,13 @@ def busy_machine_hint(threads: int) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the reproduction; returns the exit status (0 done, 1 a problem while running, 2 bad flags)."""
+def main(argv: Optional[Sequence[str]] = None, *, prog: str = PROG) -> int:
+    """Run the reproduction; returns the exit status (0 done, 1 a problem while running, 2 bad flags).
+    ``prog`` names the program in messages (``tllib-tune reproduce`` from the console script)."""
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, prog=prog)
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         _check_plotting()
@@ -139,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
         progress = Progress(args.out / "reproduce.log")
     except (OSError, RuntimeError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     hint = busy_machine_hint(args.threads)
     if hint:
@@ -152,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )  # fmt: skip
     except (OSError, DatasetError) as exc:  # an unwritable folder, a foreign data set in --data
         progress.say(f"error: {exc}")
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         progress.say("interrupted")
