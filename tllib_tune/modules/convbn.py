@@ -42,7 +42,7 @@ from .support import (
     tf_same_pads,
 )
 from .tune import TuneFunction, choose_strategy, tune_forward
-from .tune_compiled import compiled_tune
+from .tune_compiled import compiled_tune, is_compiling
 
 __all__ = [
     "Mode",
@@ -359,7 +359,7 @@ def _has_hooks(module: nn.Module) -> bool:
 def _tune(tensors: Tuple[Any, ...], eps: float, spec: OpSpec, requested: str) -> Tensor:
     """Tune's forward of (x, W, b, gamma, beta, running_mean, running_var): the autograd function where
     something needs a gradient, else the same computation without it."""
-    if torch.compiler.is_compiling():  # plain operations inductor can fuse; eager below is unchanged
+    if is_compiling():  # plain operations inductor can fuse; eager below is unchanged
         return compiled_tune(*tensors, eps, spec)
     x, weight, running_var = tensors[0], tensors[1], tensors[6]
     compute_dtype = autocast_dtype(x)

@@ -12,7 +12,7 @@ is never recomputed.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -22,7 +22,21 @@ from .autocast import autocast_dtype, autocast_off
 from .fold import as_dtype, channel_view, fold_dtype
 from .ops import OpSpec, op_forward
 
-__all__ = ["compiled_fold", "compiled_tune"]
+__all__ = ["compiled_fold", "compiled_tune", "is_compiling"]
+
+
+def _is_compiling_function() -> Callable[[], bool]:
+    """torch.compiler.is_compiling (torch >= 2.3), or dynamo's own on older releases."""
+    function = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if function is None:  # pragma: no cover - torch < 2.3
+        from torch import _dynamo
+
+        function = _dynamo.is_compiling
+    return function
+
+
+#: True while torch.compile traces the code that calls it (and False in eager code).
+is_compiling = _is_compiling_function()
 
 
 def compiled_fold(
