@@ -19,11 +19,13 @@ class StopFlag:
     Args:
         name: printed before the notice on stderr (e.g. the program's name).
         saving: what the loop saves before it stops, named in the notice.
+        announce: print the notice (False on all but one of several processes, so it prints once).
     """
 
-    def __init__(self, name: str = "", saving: str = "latest.pt") -> None:
+    def __init__(self, name: str = "", saving: str = "latest.pt", announce: bool = True) -> None:
         self.name = name
         self.saving = saving
+        self.announce = announce
         self.signum: Optional[int] = None
         self._previous: Dict[int, Any] = {}
 
@@ -41,6 +43,8 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        if not self.announce:
+            return
         prefix = f"{self.name}: " if self.name else ""
         print(
             f"\n{prefix}{signal.Signals(signum).name} received: finishing this step and saving {self.saving} "
