@@ -136,4 +136,4 @@ def test_the_wheel_runs_the_benchmark(installed, tmp_path):
     assert set(rows) == {"eval", "tune"} and float(rows["tune"]["memory_vs_eval"]) < 0.8
     bad = subprocess.run([str(installed / "tllib-tune"), "benchmark", "--arch", "resnet5"], cwd=tmp_path,
                          env=_clean_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert bad.returncode == 2 and "tllib-tune benchmark: error: --arch 'resnet5'" in bad.stderr
+    assert bad.returncode == 2 and "tllib-tune benchmark: error: --arch: unknown model 'resnet5'" in bad.stderr

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.error
 from pathlib import Path
 from typing import Tuple
 
 import pytest
 import torch
+import torch.hub
 import torchvision
 from torch import Tensor, nn
 
@@ -81,3 +83,17 @@ def check_against_torchvision(name: str, tmp_path: Path, size: int = 32) -> None
         scramble_(reference)
         reference.load_state_dict(exported, strict=True)
         assert rel_err(reference(x), logits) <= 1e-5
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch.hub cache, and a network that fails with URLError for every download."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    calls = []
+
+    def no_network(url, dst, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "hub" / "checkpoints", calls

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import re
+import sys
+import types
 
 import pytest
 import torch
@@ -131,3 +134,39 @@ def test_conv_act_pairs_are_exactly_the_relus_applied_to_a_convbn_output(name):
     if name.startswith("resnet"):  # act3 / act2 after the residual add sit next to conv3 / conv2
         assert any(not listed for _, listed, _ in checks)
     assert all(listed == same for _, listed, same in checks), [c for c in checks if c[1] != c[2]][:3]
+
+
+def test_register_model_makes_the_public_builder_from_the_architecture(monkeypatch):
+    """The decorator adds the name to the defining module's __all__ and the registry; the builder takes
+    pretrained/mode/progress and passes the rest on; a second model of the same name is refused."""
+    from tllib_tune.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    module = types.ModuleType("fake_zoo")
+    monkeypatch.setitem(sys.modules, "fake_zoo", module)
+    seen = {}
+
+    def tiny_resnet(**kwargs):
+        """A tiny ResNet."""
+        seen.update(kwargs)
+        return models.ResNet(models.BasicBlock, [1, 1, 1, 1], **kwargs)
+
+    tiny_resnet.__module__ = "fake_zoo"
+    builder = models.register_model(tiny_resnet)
+    assert module.__all__ == ["tiny_resnet"] and builder.__name__ == "tiny_resnet"
+    assert "tiny_resnet" in list_models() and registry.registered_in("fake_zoo") == ["tiny_resnet"]
+    assert list(inspect.signature(builder).parameters) == ["pretrained", "mode", "progress", "kwargs"]
+    assert builder.__doc__.startswith("A tiny ResNet.") and "pretrained:" in builder.__doc__
+    source = builder(num_classes=10)
+    model = get_model("Tiny_ResNet", pretrained=source.state_dict(), mode="tune", num_classes=10)
+    assert seen == {"num_classes": 10} and model.arch == "tiny_resnet" and model.fc.out_features == 10
+    assert {m.mode.value for m in model.modules() if isinstance(m, ConvBN)} == {"tune"}
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="registered twice"):
+        models.register_model(tiny_resnet)
+
+
+def test_list_models_filters_with_wildcards():
+    assert list_models("regnet_x_4*") == ["regnet_x_400mf"]
+    assert list_models("*resnet50*") == ["resnet50", "wide_resnet50_2"]
+    assert list_models("nothing*") == []

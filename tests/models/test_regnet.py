@@ -9,8 +9,8 @@ from torchvision.models.regnet import BlockParams
 from tests.conftest import rel_err
 from tests.models.conftest import check_against_torchvision, saved_reference
 from tllib_tune import get_modes, set_mode
-from tllib_tune.models import RegNet, regnet_x_400mf, regnet_y_400mf
-from tllib_tune.models.regnet import REGNET_PARAMS, RegNetParams, SqueezeExcite, regnet_names, stage_settings
+from tllib_tune.models import RegNet, get_model, regnet_x_400mf, regnet_y_400mf
+from tllib_tune.models.regnet import RegNetParams, SqueezeExcite, regnet_names, stage_settings
 
 # regnet_y_128gf (644 M parameters, 2.6 GB) is too big for a CPU test: test_registry compares its
 # structure with torchvision's on the meta device instead.
@@ -24,7 +24,8 @@ def test_the_required_regnets_are_there():
 
 @pytest.mark.parametrize("name", regnet_names())
 def test_stage_settings_match_torchvision(name):
-    p = REGNET_PARAMS[name]
+    with torch.device("meta"):
+        p = get_model(name).params
     theirs = BlockParams.from_init_params(
         depth=p.depth, w_0=p.w_0, w_a=p.w_a, w_m=p.w_m, group_width=p.group_width, se_ratio=p.se_ratio
     )

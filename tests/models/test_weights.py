@@ -168,20 +168,6 @@ def test_unrecognised_and_unreadable_checkpoints(tmp_path):
 
 
 # --- pretrained=True through torchvision's weights API, without network --------------------------
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch.hub cache, and a network that fails with URLError for every download."""
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    calls = []
-
-    def no_network(url, dst, *args, **kwargs):
-        calls.append(url)
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "hub" / "checkpoints", calls
-
-
 def test_pretrained_true_uses_torchvision_default_weights_from_the_hub_cache(offline_hub):
     cache, calls = offline_hub
     reference = torchvision_reference("resnet18", seed=9)

@@ -286,7 +286,7 @@ def test_deploy_round_trip_restores_parameters_and_keeps_identity():
     block.mode = "eval"
     for name, p in block.named_parameters():
         assert id(p) == ids[name]
-        assert rel_err(p, before[name]) < 1e-6, name
+        assert torch.equal(p, before[name]), name
 
 
 def test_optimizer_built_before_switches_updates_live_parameters():
@@ -540,3 +540,31 @@ def test_from_modules_shares_parameters_and_validates():
 
 def test_repr_shows_mode():
     assert "mode=tune" in repr(ConvBN(2, 2, 3, mode="tune"))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "tune", "deploy"])
+def test_forward_takes_its_argument_by_name_as_torch_layers_do(mode):
+    torch.manual_seed(0)
+    conv_block, linear_block = ConvBN(3, 4, 3, mode=mode), LinearBN(3, 4, mode=mode)
+    for block, x in ((conv_block, torch.randn(2, 3, 5, 5)), (linear_block, torch.randn(2, 3))):
+        block.eval()
+        assert torch.equal(block(input=x), block(x))
+        block.op(input=x)  # the name nn.Conv2d and nn.Linear use
+
+
+def test_double_backward_through_tune_names_tune_mode_and_suggests_eval():
+    block, x, _ = _make_block(2, "groups1", 1, 1, True, True, seed=3)
+    x = x.requires_grad_(True)
+    for mode in ("eval", "tune"):
+        block.mode = mode
+        (grad_x,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+        if mode == "eval":
+            expected = grad_x.detach()
+            torch.autograd.grad(grad_x.sum(), block.conv.weight)  # eval's graph is twice differentiable
+    assert rel_err(grad_x, expected) < 1e-10  # the first derivative is still right
+    with pytest.raises(RuntimeError, match="tune mode cannot be differentiated twice.*mode 'eval'"):
+        grad_x.sum().backward()
+    # also where the upstream gradient needs no gradient itself (out.sum())
+    (grad_w,) = torch.autograd.grad(block(x).sum(), block.conv.weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="tune mode cannot be differentiated twice"):
+        torch.autograd.grad(grad_w.sum(), x)

@@ -67,7 +67,7 @@ def test_a_model_without_convbn_blocks_is_an_error_not_a_no_op():
     plain = torchvision.models.resnet18()  # nn.Conv2d + nn.BatchNorm2d: nothing a mode could switch
     with pytest.raises(ValueError, match=r"ResNet has no ConvBN block \(20 plain BatchNorm layer"):
         set_mode(plain, "tune")
-    with pytest.raises(ValueError, match="ConvBN.from_modules"):
+    with pytest.raises(ValueError, match=r"convert_convbn\(model\)"):
         with using_mode(plain, "tune"):
             pass
     with pytest.raises(ValueError, match="no BatchNorm at all"):

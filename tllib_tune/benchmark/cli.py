@@ -19,8 +19,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..common import suggest
-from ..models import list_models
+from ..models import check_model
 from ..utils.cli import flag_names, print_error, to_flags
 from .measure import ALL_MODES, DEFAULT_MODES, BenchmarkSettings, IterationBenchmark, timing_environment
 from .profile import format_report, profile_modes
@@ -60,7 +59,9 @@ def _mode_list(text: str) -> List[str]:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet50", help="any name from tllib_tune.models.list_models()")
+    parser.add_argument(
+        "--arch", default="resnet50", help="a tllib_tune.models name, or torchvision/<name>, timm/<name>"
+    )
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
     )
@@ -68,9 +69,10 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    names = list(list_models())
-    if args.arch not in names:
-        parser.error(f"--arch {args.arch!r} is not a tllib_tune model; {suggest(args.arch, names)}")
+    try:
+        check_model(args.arch)
+    except ValueError as exc:
+        parser.error(f"--arch: {exc}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(
             f"--device {args.device} asked for, but this machine has no CUDA device; use --device cpu"

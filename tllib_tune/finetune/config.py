@@ -214,11 +214,12 @@ class FinetuneConfig:
             if not ok:
                 raise ConfigError(message, argument=argument)
         self.schedule  # noqa: B018  (parsing it is the check)
-        from ..models import list_models
+        from ..models import check_model
 
-        names = list(list_models())
-        if self.arch not in names:
-            raise ConfigError(f"unknown model {self.arch!r}; {suggest(self.arch, names)}", argument="arch")
+        try:
+            check_model(self.arch)
+        except ValueError as exc:
+            raise ConfigError(str(exc), argument="arch") from None
 
     def _range_checks(self) -> List[Tuple[str, bool, str]]:
         return [

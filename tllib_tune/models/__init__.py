@@ -1,11 +1,17 @@
 """Model zoo: ImageNet backbones built from ConvBN blocks, and a registry of their builders.
 
-Every builder has the form ``resnet50(pretrained=False, mode="train", progress=True, **kwargs)`` and
-returns a backbone whose ``forward`` gives the last feature map ``[N, out_features, H, W]`` and whose
-``copy_head()`` returns the ImageNet classifier. ``pretrained`` is False, True (torchvision's default
-ImageNet weights, downloaded once and cached by torch.hub), a torchvision weights name such as
-"IMAGENET1K_V1", a local checkpoint path (torchvision, timm or tllib_tune format, detected) or a state
-dict. See :mod:`tllib_tune.models.weights`.
+Every builder has the form ``resnet50(pretrained=False, mode="train", progress=True, **kwargs)`` (made so
+by ``@register_model``, :mod:`tllib_tune.models.registry`) and returns a :class:`Backbone`, whose
+``forward`` gives the last feature map ``[N, out_features, H, W]`` and whose ``copy_head()`` returns the
+ImageNet classifier. ``pretrained`` is False, True (torchvision's default ImageNet weights, downloaded
+once and cached by torch.hub), a torchvision weights name such as "IMAGENET1K_V1", a local checkpoint
+path (torchvision, timm or tllib_tune format, detected) or a state dict. See
+:mod:`tllib_tune.models.weights`.
+
+``get_model("torchvision/<name>")`` and ``get_model("timm/<name>")`` build those libraries' models as
+backbones with the same contract, their Conv -> BatchNorm pairs converted to ConvBN blocks
+(:mod:`tllib_tune.models.from_torchvision`, :mod:`tllib_tune.models.from_timm`); ``list_models("timm/*")``
+lists them.
 
 Naming convention for Conv+BN+ReLU (tools such as the In-Place ABN converter rely on it):
 
@@ -30,46 +36,14 @@ RegNet family:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
-
-from torch import nn
-
-from ..common import suggest
-from .regnet import (
-    RegNet,
-    RegNetBlock,
-    SqueezeExcite,
-    regnet_x_1_6gf,
-    regnet_x_3_2gf,
-    regnet_x_8gf,
-    regnet_x_16gf,
-    regnet_x_32gf,
-    regnet_x_400mf,
-    regnet_x_800mf,
-    regnet_y_1_6gf,
-    regnet_y_3_2gf,
-    regnet_y_8gf,
-    regnet_y_16gf,
-    regnet_y_32gf,
-    regnet_y_128gf,
-    regnet_y_400mf,
-    regnet_y_800mf,
-)
-from .resnet import (
-    BasicBlock,
-    Bottleneck,
-    ResNet,
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
-    resnet152,
-    resnext50_32x4d,
-    resnext101_32x8d,
-    resnext101_64x4d,
-    wide_resnet50_2,
-    wide_resnet101_2,
-)
+from . import regnet, resnet
+from .backbone import Backbone
+from .external import LibraryBackbone
+from .from_timm import TimmBackbone  # and registers "timm/<name>"
+from .from_torchvision import TorchvisionBackbone  # and registers "torchvision/<name>"
+from .registry import check_model, get_model, list_models, register_library, register_model
+from .regnet import *  # noqa: F403  (the RegNet builders, listed in regnet.__all__ by @register_model)
+from .resnet import *  # noqa: F403  (the ResNet builders, likewise)
 from .weights import (
     Pretrained,
     WeightsError,
@@ -78,89 +52,21 @@ from .weights import (
     to_torchvision_state_dict,
 )
 
-_BUILDERS: List[Callable[..., nn.Module]] = [
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
-    resnet152,
-    resnext50_32x4d,
-    resnext101_32x8d,
-    resnext101_64x4d,
-    wide_resnet50_2,
-    wide_resnet101_2,
-    regnet_x_400mf,
-    regnet_x_800mf,
-    regnet_x_1_6gf,
-    regnet_x_3_2gf,
-    regnet_x_8gf,
-    regnet_x_16gf,
-    regnet_x_32gf,
-    regnet_y_400mf,
-    regnet_y_800mf,
-    regnet_y_1_6gf,
-    regnet_y_3_2gf,
-    regnet_y_8gf,
-    regnet_y_16gf,
-    regnet_y_32gf,
-    regnet_y_128gf,
-]
-_REGISTRY: Dict[str, Callable[..., nn.Module]] = {builder.__name__: builder for builder in _BUILDERS}
-
-
-def list_models() -> List[str]:
-    """Names accepted by :func:`get_model`, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_model(name: str, pretrained: Pretrained = False, **kwargs: Any) -> nn.Module:
-    """Build the backbone ``name`` (see :func:`list_models`); other arguments go to its builder.
-
-    An unknown name raises ValueError naming the closest known ones.
-    """
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; {suggest(key, list_models(), n=5)}")
-    return _REGISTRY[key](pretrained=pretrained, **kwargs)
-
-
 __all__ = [
-    "BasicBlock",
-    "Bottleneck",
+    "Backbone",
+    "LibraryBackbone",
+    "TimmBackbone",
+    "TorchvisionBackbone",
     "Pretrained",
-    "RegNet",
-    "RegNetBlock",
-    "ResNet",
-    "SqueezeExcite",
     "WeightsError",
+    "check_model",
     "get_model",
     "list_models",
     "load_weights",
+    "register_library",
+    "register_model",
     "save_torchvision_state_dict",
     "to_torchvision_state_dict",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-    "regnet_x_400mf",
-    "regnet_x_800mf",
-    "regnet_x_1_6gf",
-    "regnet_x_3_2gf",
-    "regnet_x_8gf",
-    "regnet_x_16gf",
-    "regnet_x_32gf",
-    "regnet_y_400mf",
-    "regnet_y_800mf",
-    "regnet_y_1_6gf",
-    "regnet_y_3_2gf",
-    "regnet_y_8gf",
-    "regnet_y_16gf",
-    "regnet_y_32gf",
-    "regnet_y_128gf",
+    *resnet.__all__,
+    *regnet.__all__,
 ]

@@ -17,19 +17,20 @@ Names (conv/act convention of :mod:`tllib_tune.models`): stem ``conv1``/``act1``
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..modules.convbn import ConvBN, Mode
-from .weights import Pretrained, finish_model
+from ..modules.convbn import ConvBN
+from .backbone import Backbone
+from .registry import register_model, registered_in
 
-__all__ = ["RegNetParams", "SqueezeExcite", "RegNetBlock", "RegNet", "stage_settings", "REGNET_PARAMS"]
+# and every builder, added by @register_model
+__all__ = ["RegNetParams", "SqueezeExcite", "RegNetBlock", "RegNet", "stage_settings"]
 
 
 @dataclass(frozen=True)
@@ -43,26 +44,6 @@ class RegNetParams:
     group_width: int
     se_ratio: Optional[float] = None
     bottleneck_multiplier: float = 1.0
-
-
-# Published parameters of the models torchvision ships ImageNet weights for.
-REGNET_PARAMS: Dict[str, RegNetParams] = {
-    "regnet_x_400mf": RegNetParams(22, 24, 24.48, 2.54, 16),
-    "regnet_x_800mf": RegNetParams(16, 56, 35.73, 2.28, 16),
-    "regnet_x_1_6gf": RegNetParams(18, 80, 34.01, 2.25, 24),
-    "regnet_x_3_2gf": RegNetParams(25, 88, 26.31, 2.25, 48),
-    "regnet_x_8gf": RegNetParams(23, 80, 49.56, 2.88, 120),
-    "regnet_x_16gf": RegNetParams(22, 216, 55.59, 2.1, 128),
-    "regnet_x_32gf": RegNetParams(23, 320, 69.86, 2.0, 168),
-    "regnet_y_400mf": RegNetParams(16, 48, 27.89, 2.09, 8, se_ratio=0.25),
-    "regnet_y_800mf": RegNetParams(14, 56, 38.84, 2.4, 16, se_ratio=0.25),
-    "regnet_y_1_6gf": RegNetParams(27, 48, 20.71, 2.65, 24, se_ratio=0.25),
-    "regnet_y_3_2gf": RegNetParams(21, 80, 42.63, 2.66, 24, se_ratio=0.25),
-    "regnet_y_8gf": RegNetParams(17, 192, 76.82, 2.19, 56, se_ratio=0.25),
-    "regnet_y_16gf": RegNetParams(18, 200, 106.23, 2.48, 112, se_ratio=0.25),
-    "regnet_y_32gf": RegNetParams(20, 232, 115.89, 2.53, 232, se_ratio=0.25),
-    "regnet_y_128gf": RegNetParams(27, 456, 160.83, 2.52, 264, se_ratio=0.25),
-}
 
 
 def _round_to_multiple(value: float, divisor: int) -> int:
@@ -148,24 +129,20 @@ class RegNetBlock(nn.Module):
         return self.act_out(out)
 
 
-class RegNet(nn.Module):
+class RegNet(Backbone):
     """RegNet backbone: stem ``conv1``/``act1``, stages ``layer1`` ... ``layer4``; returns the feature map.
 
     Args:
-        params: the design parameters (see :data:`REGNET_PARAMS`).
+        params: the design parameters (the published ones are in the builders below).
         num_classes: size of the (unused by forward) ImageNet head ``fc``.
         stem_width: output channels of the 3x3 stride-2 stem (32 for every published model).
-        arch: the registry name, used to find torchvision's weights.
     """
 
     family = "regnet"
     conv_act_pairs: Tuple[Tuple[str, str], ...] = (("conv1", "act1"),)
 
-    def __init__(
-        self, params: RegNetParams, num_classes: int = 1000, stem_width: int = 32, arch: Optional[str] = None
-    ) -> None:
+    def __init__(self, params: RegNetParams, num_classes: int = 1000, stem_width: int = 32) -> None:
         super().__init__()
-        self.arch = arch
         self.params = params
         self.conv1 = ConvBN(3, stem_width, kernel_size=3, stride=2)
         self.act1 = nn.ReLU(inplace=True)
@@ -188,9 +165,7 @@ class RegNet(nn.Module):
                 in_channels = width
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
         self._out_features = in_channels
-        self.fc = nn.Linear(in_channels, num_classes)
-        # forward never uses fc: freezing it keeps DDP (unused parameters) and weight decay away from it.
-        self.fc.requires_grad_(False)
+        self.keep_classifier(nn.Linear(in_channels, num_classes), "fc")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -212,69 +187,103 @@ class RegNet(nn.Module):
         """``layer1`` ... ``layer<num_stages>`` (four for every published RegNet)."""
         return [getattr(self, f"layer{i}") for i in range(1, self.num_stages + 1)]
 
-    @property
-    def out_features(self) -> int:
-        """Channels of the feature map ``forward`` returns."""
-        return self._out_features
-
     def forward(self, x: Tensor) -> Tensor:
         x = self.act1(self.conv1(x))
         for stage in self.stages:
             x = stage(x)
         return x
 
-    def copy_head(self) -> nn.Linear:
-        """A trainable copy of the ImageNet classifier ``fc`` (pretrained when the weights were)."""
-        head = copy.deepcopy(self.fc)
-        head.requires_grad_(True)
-        return head
+
+@register_model
+def regnet_x_400mf(**kwargs: Any) -> RegNet:
+    """RegNetX-400MF."""
+    return RegNet(RegNetParams(22, 24, 24.48, 2.54, 16), **kwargs)
 
 
-def _build(
-    arch: str, pretrained: Pretrained, mode: Union[str, Mode], progress: bool, **kwargs: Any
-) -> RegNet:
-    model = RegNet(REGNET_PARAMS[arch], arch=arch, **kwargs)
-    return finish_model(model, pretrained=pretrained, mode=mode, progress=progress)
+@register_model
+def regnet_x_800mf(**kwargs: Any) -> RegNet:
+    """RegNetX-800MF."""
+    return RegNet(RegNetParams(16, 56, 35.73, 2.28, 16), **kwargs)
 
 
-def _make_builder(arch: str):
-    p = REGNET_PARAMS[arch]
-    kind = "RegNetY (with Squeeze-and-Excitation)" if p.se_ratio else "RegNetX"
-
-    def builder(
-        pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-    ) -> RegNet:
-        return _build(arch, pretrained, mode, progress, **kwargs)
-
-    builder.__name__ = builder.__qualname__ = arch
-    builder.__module__ = __name__
-    builder.__doc__ = (
-        f"{arch}: {kind}, {p}. ``pretrained``: False, True (torchvision's default ImageNet weights), a "
-        'weights name such as "IMAGENET1K_V1", or a local checkpoint path; ``mode``: the blocks\' initial '
-        "mode; other keyword arguments go to :class:`RegNet`."
-    )
-    return builder
+@register_model
+def regnet_x_1_6gf(**kwargs: Any) -> RegNet:
+    """RegNetX-1.6GF."""
+    return RegNet(RegNetParams(18, 80, 34.01, 2.25, 24), **kwargs)
 
 
-regnet_x_400mf = _make_builder("regnet_x_400mf")
-regnet_x_800mf = _make_builder("regnet_x_800mf")
-regnet_x_1_6gf = _make_builder("regnet_x_1_6gf")
-regnet_x_3_2gf = _make_builder("regnet_x_3_2gf")
-regnet_x_8gf = _make_builder("regnet_x_8gf")
-regnet_x_16gf = _make_builder("regnet_x_16gf")
-regnet_x_32gf = _make_builder("regnet_x_32gf")
-regnet_y_400mf = _make_builder("regnet_y_400mf")
-regnet_y_800mf = _make_builder("regnet_y_800mf")
-regnet_y_1_6gf = _make_builder("regnet_y_1_6gf")
-regnet_y_3_2gf = _make_builder("regnet_y_3_2gf")
-regnet_y_8gf = _make_builder("regnet_y_8gf")
-regnet_y_16gf = _make_builder("regnet_y_16gf")
-regnet_y_32gf = _make_builder("regnet_y_32gf")
-regnet_y_128gf = _make_builder("regnet_y_128gf")
+@register_model
+def regnet_x_3_2gf(**kwargs: Any) -> RegNet:
+    """RegNetX-3.2GF."""
+    return RegNet(RegNetParams(25, 88, 26.31, 2.25, 48), **kwargs)
 
-__all__ += list(REGNET_PARAMS)
+
+@register_model
+def regnet_x_8gf(**kwargs: Any) -> RegNet:
+    """RegNetX-8GF."""
+    return RegNet(RegNetParams(23, 80, 49.56, 2.88, 120), **kwargs)
+
+
+@register_model
+def regnet_x_16gf(**kwargs: Any) -> RegNet:
+    """RegNetX-16GF."""
+    return RegNet(RegNetParams(22, 216, 55.59, 2.1, 128), **kwargs)
+
+
+@register_model
+def regnet_x_32gf(**kwargs: Any) -> RegNet:
+    """RegNetX-32GF."""
+    return RegNet(RegNetParams(23, 320, 69.86, 2.0, 168), **kwargs)
+
+
+@register_model
+def regnet_y_400mf(**kwargs: Any) -> RegNet:
+    """RegNetY-400MF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(16, 48, 27.89, 2.09, 8, se_ratio=0.25), **kwargs)
+
+
+@register_model
+def regnet_y_800mf(**kwargs: Any) -> RegNet:
+    """RegNetY-800MF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(14, 56, 38.84, 2.4, 16, se_ratio=0.25), **kwargs)
+
+
+@register_model
+def regnet_y_1_6gf(**kwargs: Any) -> RegNet:
+    """RegNetY-1.6GF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(27, 48, 20.71, 2.65, 24, se_ratio=0.25), **kwargs)
+
+
+@register_model
+def regnet_y_3_2gf(**kwargs: Any) -> RegNet:
+    """RegNetY-3.2GF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(21, 80, 42.63, 2.66, 24, se_ratio=0.25), **kwargs)
+
+
+@register_model
+def regnet_y_8gf(**kwargs: Any) -> RegNet:
+    """RegNetY-8GF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(17, 192, 76.82, 2.19, 56, se_ratio=0.25), **kwargs)
+
+
+@register_model
+def regnet_y_16gf(**kwargs: Any) -> RegNet:
+    """RegNetY-16GF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(18, 200, 106.23, 2.48, 112, se_ratio=0.25), **kwargs)
+
+
+@register_model
+def regnet_y_32gf(**kwargs: Any) -> RegNet:
+    """RegNetY-32GF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(20, 232, 115.89, 2.53, 232, se_ratio=0.25), **kwargs)
+
+
+@register_model
+def regnet_y_128gf(**kwargs: Any) -> RegNet:
+    """RegNetY-128GF with Squeeze-and-Excitation."""
+    return RegNet(RegNetParams(27, 456, 160.83, 2.52, 264, se_ratio=0.25), **kwargs)
 
 
 def regnet_names() -> List[str]:
     """The RegNet architectures this module builds."""
-    return sorted(REGNET_PARAMS)
+    return registered_in(__name__)

@@ -15,29 +15,15 @@ Bottleneck; ``conv1``/``act1``, ``conv2`` then ``act2`` after the add in a Basic
 
 from __future__ import annotations
 
-import copy
 from typing import Any, List, Optional, Sequence, Tuple, Type, Union
 
 from torch import Tensor, nn
 
-from ..modules.convbn import ConvBN, Mode
-from .weights import Pretrained, finish_model
+from ..modules.convbn import ConvBN
+from .backbone import Backbone
+from .registry import register_model, registered_in
 
-__all__ = [
-    "BasicBlock",
-    "Bottleneck",
-    "ResNet",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]  # and every builder, added by @register_model
 
 
 class BasicBlock(nn.Module):
@@ -120,7 +106,7 @@ class Bottleneck(nn.Module):
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet backbone: stem, ``layer1`` ... ``layer4``; ``forward`` returns the last feature map.
 
     Args:
@@ -131,7 +117,6 @@ class ResNet(nn.Module):
         replace_stride_with_dilation: three booleans, as in torchvision (dilated stages 2-4).
         zero_init_residual: start each block's last BatchNorm weight at zero (as in torchvision).
             Such blocks cannot enter deploy mode until trained (the fold divides by gamma).
-        arch: the registry name, used to find torchvision's weights.
     """
 
     family = "resnet"
@@ -146,7 +131,6 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         replace_stride_with_dilation: Optional[Sequence[bool]] = None,
         zero_init_residual: bool = False,
-        arch: Optional[str] = None,
     ) -> None:
         super().__init__()
         if len(layers) != 4:
@@ -154,7 +138,6 @@ class ResNet(nn.Module):
         dilate = list(replace_stride_with_dilation or (False, False, False))
         if len(dilate) != 3:
             raise ValueError(f"replace_stride_with_dilation needs three booleans, got {dilate}")
-        self.arch = arch
         self._in_channels = 64
         self._dilation = 1
         self._groups = groups
@@ -167,9 +150,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2, dilate=dilate[1])
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=dilate[2])
         self._out_features = 512 * block.expansion
-        self.fc = nn.Linear(self._out_features, num_classes)
-        # forward never uses fc: freezing it keeps DDP (unused parameters) and weight decay away from it.
-        self.fc.requires_grad_(False)
+        self.keep_classifier(nn.Linear(self._out_features, num_classes), "fc")
         self._init_weights(zero_init_residual)
 
     def _make_layer(
@@ -205,11 +186,6 @@ class ResNet(nn.Module):
                 if last is not None:
                     nn.init.zeros_(last.bn.weight)
 
-    @property
-    def out_features(self) -> int:
-        """Channels of the feature map ``forward`` returns."""
-        return self._out_features
-
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.act1(self.conv1(x)))
         x = self.layer1(x)
@@ -217,108 +193,67 @@ class ResNet(nn.Module):
         x = self.layer3(x)
         return self.layer4(x)
 
-    def copy_head(self) -> nn.Linear:
-        """A trainable copy of the ImageNet classifier ``fc`` (pretrained when the weights were)."""
-        head = copy.deepcopy(self.fc)
-        head.requires_grad_(True)
-        return head
+
+@register_model
+def resnet18(**kwargs: Any) -> ResNet:
+    """ResNet-18 (512 features)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
 
 
-_SPECS = {
-    # name: (block, stage depths, groups, width_per_group)
-    "resnet18": (BasicBlock, [2, 2, 2, 2], 1, 64),
-    "resnet34": (BasicBlock, [3, 4, 6, 3], 1, 64),
-    "resnet50": (Bottleneck, [3, 4, 6, 3], 1, 64),
-    "resnet101": (Bottleneck, [3, 4, 23, 3], 1, 64),
-    "resnet152": (Bottleneck, [3, 8, 36, 3], 1, 64),
-    "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], 32, 4),
-    "resnext101_32x8d": (Bottleneck, [3, 4, 23, 3], 32, 8),
-    "resnext101_64x4d": (Bottleneck, [3, 4, 23, 3], 64, 4),
-    "wide_resnet50_2": (Bottleneck, [3, 4, 6, 3], 1, 128),
-    "wide_resnet101_2": (Bottleneck, [3, 4, 23, 3], 1, 128),
-}
+@register_model
+def resnet34(**kwargs: Any) -> ResNet:
+    """ResNet-34 (512 features)."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
 
 
-def _build(
-    arch: str, pretrained: Pretrained, mode: Union[str, Mode], progress: bool, **kwargs: Any
-) -> ResNet:
-    block, layers, groups, width = _SPECS[arch]
-    model = ResNet(block, layers, groups=groups, width_per_group=width, arch=arch, **kwargs)
-    return finish_model(model, pretrained=pretrained, mode=mode, progress=progress)
+@register_model
+def resnet50(**kwargs: Any) -> ResNet:
+    """ResNet-50 (2048 features)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
 
 
-def resnet18(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNet-18 (512 features). ``pretrained``: False, True (torchvision's ImageNet weights), a weights
-    name such as "IMAGENET1K_V1", or a local checkpoint path; ``mode``: the blocks' initial mode;
-    other keyword arguments go to :class:`ResNet`."""
-    return _build("resnet18", pretrained, mode, progress, **kwargs)
+@register_model
+def resnet101(**kwargs: Any) -> ResNet:
+    """ResNet-101 (2048 features)."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], **kwargs)
 
 
-def resnet34(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNet-34 (512 features). Arguments as for :func:`resnet18`."""
-    return _build("resnet34", pretrained, mode, progress, **kwargs)
+@register_model
+def resnet152(**kwargs: Any) -> ResNet:
+    """ResNet-152 (2048 features)."""
+    return ResNet(Bottleneck, [3, 8, 36, 3], **kwargs)
 
 
-def resnet50(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNet-50 (2048 features). Arguments as for :func:`resnet18`."""
-    return _build("resnet50", pretrained, mode, progress, **kwargs)
+@register_model
+def resnext50_32x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-50 32x4d (2048 features)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kwargs)
 
 
-def resnet101(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNet-101 (2048 features). Arguments as for :func:`resnet18`."""
-    return _build("resnet101", pretrained, mode, progress, **kwargs)
+@register_model
+def resnext101_32x8d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 32x8d (2048 features)."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8, **kwargs)
 
 
-def resnet152(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNet-152 (2048 features). Arguments as for :func:`resnet18`."""
-    return _build("resnet152", pretrained, mode, progress, **kwargs)
+@register_model
+def resnext101_64x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 64x4d (2048 features)."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=64, width_per_group=4, **kwargs)
 
 
-def resnext50_32x4d(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNeXt-50 32x4d (2048 features). Arguments as for :func:`resnet18`."""
-    return _build("resnext50_32x4d", pretrained, mode, progress, **kwargs)
+@register_model
+def wide_resnet50_2(**kwargs: Any) -> ResNet:
+    """Wide ResNet-50-2 (2048 features, bottlenecks twice as wide)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128, **kwargs)
 
 
-def resnext101_32x8d(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNeXt-101 32x8d (2048 features). Arguments as for :func:`resnet18`."""
-    return _build("resnext101_32x8d", pretrained, mode, progress, **kwargs)
-
-
-def resnext101_64x4d(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """ResNeXt-101 64x4d (2048 features). Arguments as for :func:`resnet18`."""
-    return _build("resnext101_64x4d", pretrained, mode, progress, **kwargs)
-
-
-def wide_resnet50_2(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """Wide ResNet-50-2 (2048 features, bottlenecks twice as wide). Arguments as for :func:`resnet18`."""
-    return _build("wide_resnet50_2", pretrained, mode, progress, **kwargs)
-
-
-def wide_resnet101_2(
-    pretrained: Pretrained = False, mode: Union[str, Mode] = "train", progress: bool = True, **kwargs: Any
-) -> ResNet:
-    """Wide ResNet-101-2 (2048 features, bottlenecks twice as wide). Arguments as for :func:`resnet18`."""
-    return _build("wide_resnet101_2", pretrained, mode, progress, **kwargs)
+@register_model
+def wide_resnet101_2(**kwargs: Any) -> ResNet:
+    """Wide ResNet-101-2 (2048 features, bottlenecks twice as wide)."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], width_per_group=128, **kwargs)
 
 
 def resnet_names() -> List[str]:
     """The ResNet-family architectures this module builds."""
-    return sorted(_SPECS)
+    return registered_in(__name__)

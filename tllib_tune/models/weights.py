@@ -25,7 +25,7 @@ import os
 import pickle
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +42,15 @@ __all__ = [
     "to_torchvision_state_dict",
     "save_torchvision_state_dict",
     "read_checkpoint",
+    "read_state",
     "extract_state_dict",
+    "mismatches",
+    "load_exactly",
     "load_weights",
+    "torchvision_weights",
+    "download_failed",
     "download_weights",
+    "is_weights_name",
     "load_pretrained",
     "finish_model",
 ]
@@ -269,9 +275,7 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike[str], Mapping[
     The format, "torchvision" (also timm's ResNets) or "tllib_tune", is detected from the keys. Any missing
     or unexpected key or shape mismatch raises :class:`WeightsError` listing them; nothing is loaded then.
     """
-    state = (
-        extract_state_dict(source) if isinstance(source, (Mapping, nn.Module)) else read_checkpoint(source)
-    )
+    state = read_state(source)
     ours = model.state_dict()
     to_tv = torchvision_key_map(model)
     from_tv = {tv: key for key, tv in to_tv.items()}
@@ -286,38 +290,69 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike[str], Mapping[
         )
     fmt = "tllib_tune" if hits_ours >= hits_tv else "torchvision"
     rename = {k: k for k in ours} if fmt == "tllib_tune" else from_tv
-    translated: OrderedDict[str, Tensor] = OrderedDict()
-    unexpected = []
-    for key, value in state.items():
-        if key in rename:
-            translated[rename[key]] = value
-        elif not _is_counter(key):
-            unexpected.append(key)
-    missing = [k for k in ours if k not in translated and not _is_counter(k)]
+    translated = OrderedDict((rename.get(key, key), value) for key, value in state.items())
+
+    def cause(missing: List[str], unexpected: List[str], shapes: List[str]) -> str:
+        return _likely_cause(model, fmt, missing, unexpected, shapes, translated)
+
+    load_exactly(model, translated, f"checkpoint (read as {fmt} format)", cause)
+    return fmt
+
+
+def read_state(
+    source: Union[str, os.PathLike[str], Mapping[str, Any], nn.Module],
+) -> OrderedDict[str, Tensor]:
+    """The state dict of a checkpoint path (:func:`read_checkpoint`), a state dict or a module."""
+    if isinstance(source, (Mapping, nn.Module)):
+        return extract_state_dict(source)
+    return read_checkpoint(source)
+
+
+def mismatches(
+    expected: Mapping[str, Tensor], given: Mapping[str, Tensor]
+) -> Tuple[List[str], List[str], List[str]]:
+    """(missing keys, unexpected keys, shape mismatches) of ``given`` against ``expected``.
+
+    ``num_batches_tracked`` counters may be missing or extra (timm's checkpoints often lack them).
+    """
+    missing = [k for k in expected if k not in given and not _is_counter(k)]
+    unexpected = [k for k in given if k not in expected and not _is_counter(k)]
     shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
-        for k, v in translated.items()
-        if v.shape != ours[k].shape
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in given.items()
+        if k in expected and v.shape != expected[k].shape
     ]
+    return missing, unexpected, shapes
+
+
+def load_exactly(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    what: str,
+    cause: Callable[[List[str], List[str], List[str]], str],
+    target: Optional[str] = None,
+) -> None:
+    """Load ``state`` into ``model`` if every key and shape fits (counters may be missing), else raise
+    :class:`WeightsError` saying ``what`` did not fit ``target`` (default: the model's arch or class),
+    listing the differences and ``cause(...)`` of them; nothing is loaded then."""
+    expected = model.state_dict()
+    missing, unexpected, shapes = mismatches(expected, state)
     if missing or unexpected or shapes:
-        named = {rename.get(k, k): v for k, v in state.items()}
+        target = target or getattr(model, "arch", None) or type(model).__name__
         raise WeightsError(
-            f"checkpoint does not fit {getattr(model, 'arch', None) or type(model).__name__} "
-            f"(read as {fmt} format); nothing was loaded."
+            f"{what} does not fit {target}; nothing was loaded."
             + (_listing("missing keys", missing) if missing else "")
             + (_listing("unexpected keys", unexpected) if unexpected else "")
             + (_listing("shape mismatches", shapes) if shapes else "")
             + "\n  likely cause: "
-            + _likely_cause(model, fmt, missing, unexpected, shapes, named)
+            + cause(missing, unexpected, shapes)
         )
-    result = model.load_state_dict(translated, strict=False)
+    result = model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     assert not result.unexpected_keys and all(_is_counter(k) for k in result.missing_keys), result
-    return fmt
 
 
-def download_weights(arch: str, name: str = "DEFAULT", progress: bool = True) -> Dict[str, Tensor]:
-    """torchvision's ImageNet weights for ``arch`` (``name`` such as "IMAGENET1K_V1"; default: torchvision's
-    recommended ones), downloaded once into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``)."""
+def torchvision_weights(arch: str, name: str = "DEFAULT") -> Any:
+    """torchvision's weights entry ``name`` ("DEFAULT", "IMAGENET1K_V1", ...) for the model ``arch``."""
     from torchvision.models import get_model_weights
 
     try:
@@ -327,20 +362,42 @@ def download_weights(arch: str, name: str = "DEFAULT", progress: bool = True) ->
     choices = [w.name for w in enum]
     if name != "DEFAULT" and name not in choices:
         raise WeightsError(f"{arch} has no torchvision weights {name!r}; choose DEFAULT or one of {choices}")
-    weights = enum.DEFAULT if name == "DEFAULT" else enum[name]
+    return enum.DEFAULT if name == "DEFAULT" else enum[name]
+
+
+def download_failed(weights: Any, arch: str, err: Exception, call: str) -> WeightsError:
+    """The error for a failed download of torchvision's ``weights``, saying how to work offline; ``call``
+    shows the builder call, with ``{path}`` where the file's path goes."""
+    filename = os.path.basename(weights.url)
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+    example = call.format(path="/path/to/" + filename)
+    return WeightsError(
+        f"could not download torchvision's {weights!r} for {arch} from {weights.url}: {err}.\n"
+        f"Without network access, fetch that file on another machine and either pass its path, "
+        f"{example}, or copy it to {os.path.join(cache, filename)} "
+        "(torch.hub's cache; set TORCH_HOME to move it) and keep pretrained=True."
+    )
+
+
+def download_weights(arch: str, name: str = "DEFAULT", progress: bool = True) -> Dict[str, Tensor]:
+    """torchvision's ImageNet weights for ``arch`` (``name`` such as "IMAGENET1K_V1"; default: torchvision's
+    recommended ones), downloaded once into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``)."""
+    weights = torchvision_weights(arch, name)
     try:
         return weights.get_state_dict(
             progress=progress, check_hash=True, map_location="cpu", weights_only=True
         )
     except OSError as err:  # URLError / HTTPError, timeouts, refused connections, an unwritable cache
-        filename = os.path.basename(weights.url)
-        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-        raise WeightsError(
-            f"could not download torchvision's {weights!r} for {arch} from {weights.url}: {err}.\n"
-            f"Without network access, fetch that file on another machine and either pass its path, "
-            f"{arch}(pretrained='/path/to/{filename}'), or copy it to {os.path.join(cache, filename)} "
-            "(torch.hub's cache; set TORCH_HOME to move it) and keep pretrained=True."
-        ) from err
+        raise download_failed(weights, arch, err, f"{arch}(pretrained='{{path}}')") from err
+
+
+def is_weights_name(pretrained: Any) -> bool:
+    """Whether ``pretrained`` names torchvision weights ("DEFAULT", "IMAGENET1K_V2") rather than a file."""
+    return (
+        isinstance(pretrained, str)
+        and not os.path.exists(pretrained)
+        and re.fullmatch(r"DEFAULT|[A-Z0-9_]+_V\d+", pretrained) is not None
+    )
 
 
 def load_pretrained(model: nn.Module, pretrained: Pretrained, progress: bool = True) -> Optional[str]:
@@ -348,11 +405,7 @@ def load_pretrained(model: nn.Module, pretrained: Pretrained, progress: bool = T
     if pretrained is False or pretrained is None:
         return None
     arch = getattr(model, "arch", None)
-    if pretrained is True or (
-        isinstance(pretrained, str)
-        and not os.path.exists(pretrained)
-        and re.fullmatch(r"DEFAULT|[A-Z0-9_]+_V\d+", pretrained)
-    ):
+    if pretrained is True or is_weights_name(pretrained):
         if arch is None:
             raise WeightsError(
                 f"{type(model).__name__} has no 'arch' name, so its torchvision weights are unknown"

@@ -9,8 +9,15 @@ With s = gamma / sqrt(running_var + eps) per output channel:
   every call inside :class:`TuneFunction`, which keeps only the input for backward and recomputes the
   folded weight there. Same function of the same parameters as eval, with deploy's activation memory.
 * deploy -- tune's fold is written into the parameters once, when the mode is entered; leaving deploy
-  unfolds them. ``state_dict()`` always holds the unfolded (canonical) values, so checkpoints are
-  interchangeable between modes.
+  restores them exactly (the values folded over are kept on the CPU) unless the folded parameters were
+  changed meanwhile, then it inverts the fold. ``state_dict()`` always holds the unfolded (canonical)
+  values, so checkpoints are interchangeable between modes.
+
+``from_modules`` wraps the layers of any model (what :mod:`.support` accepts, see
+:func:`convbn_unsupported_reason`). Hooks: the operator's forward pre-hooks run in every mode (so
+weight_norm / spectral_norm work in tune); a mode refuses, with the reason, hooks it would skip (the
+operator's forward and backward hooks in tune and deploy, BatchNorm's hooks outside train mode) and
+weights deploy cannot fold into (parametrizations, pre-hook-computed weights).
 """
 
 from __future__ import annotations
@@ -25,7 +32,15 @@ from torch import Tensor, nn
 from .autocast import autocast_dtype, autocast_off
 from .fold import as_dtype, bn_scale, bn_transform, fold_bn, fold_dtype, unfold_bn, unfold_bn_beta
 from .ops import LINEAR, OpSpec, op_forward
-from .support import hook_kinds, is_tf_same_conv, mode_problem, normalization_only, pair_problem, tf_same_pads
+from .support import (
+    deploy_problem,
+    hook_kinds,
+    is_tf_same_conv,
+    mode_problem,
+    normalization_only,
+    pair_problem,
+    tf_same_pads,
+)
 from .tune import TuneFunction, choose_strategy, tune_forward
 
 __all__ = [
@@ -68,6 +83,8 @@ class Mode(str, Enum):
 MODE_CHOICES: Tuple[str, ...] = tuple(m.value for m in Mode)
 
 _BN_TYPES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+#: BatchNorms that train mode calls as they are without asking (the common case, on the hot path).
+_PLAIN_BATCHNORMS = frozenset(_BN_TYPES.values()) | {nn.SyncBatchNorm}
 _CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -83,6 +100,8 @@ class ConvBNBase(nn.Module):
     #: Where tune mode applies the BatchNorm scale: "auto" (per call, see :func:`choose_strategy`),
     #: "weight" or "output". All three compute the same function with the same activation memory.
     tune_strategy: str = "auto"
+    #: In deploy, the (weight, bias slot) values folded over, kept for an exact unfold (see _fold_).
+    _canonical: Optional[Tuple[Tensor, Optional[Tensor]]] = None
 
     def __init__(self, op: nn.Module, bn: nn.Module, mode: Union[str, Mode]) -> None:
         super().__init__()
@@ -108,8 +127,8 @@ class ConvBNBase(nn.Module):
     def op(self) -> nn.Module:
         return getattr(self, self.op_attr)
 
-    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:  # pragma: no cover - overridden
-        """(input padded as the operator's own forward pads it, the spec of the operator call left)."""
+    def _geometry(self, op: nn.Module, x: Tensor) -> Tuple[Tensor, OpSpec]:  # pragma: no cover
+        """(input padded as the operator ``op`` pads it in its own forward, the spec of the call left)."""
         raise NotImplementedError
 
     # --- mode ---------------------------------------------------------------------------------
@@ -124,6 +143,10 @@ class ConvBNBase(nn.Module):
         self._refuse(new)
         if new is self._mode:
             return
+        if self._mode is Mode.DEPLOY:  # a parametrization or weight_norm added while folded
+            reason = deploy_problem(self.op, self.bn, type(self).__name__)
+            if reason is not None:
+                raise ValueError(reason)
         with torch.no_grad():
             if self._mode is Mode.DEPLOY:
                 self._unfold_()
@@ -136,10 +159,6 @@ class ConvBNBase(nn.Module):
         reason = mode_problem(self.op, self.bn, mode.value, type(self).__name__)
         if reason is not None:
             raise ValueError(reason)
-
-    def _check_running_stats(self, mode: Mode) -> None:
-        if self.bn.running_var is None or self.bn.running_mean is None:
-            self._refuse(mode)
 
     def extra_repr(self) -> str:
         return f"mode={self._mode.value}"
@@ -160,7 +179,8 @@ class ConvBNBase(nn.Module):
 
     def _fold_(self) -> None:
         """Write the fold into the parameters in place (entering deploy): W' into the operator's weight,
-        b' into BatchNorm's beta, or into the operator's bias for a BatchNorm without affine."""
+        b' into BatchNorm's beta, or into the operator's bias for a BatchNorm without affine. The values
+        they held are kept (on the CPU) so that leaving deploy restores them exactly."""
         weight, bias = self.op.weight, self.op.bias
         gamma, beta, mean, var, eps = self._bn_tensors()
         scale = bn_scale(gamma, var, eps, fold_dtype(weight.dtype))
@@ -171,17 +191,48 @@ class ConvBNBase(nn.Module):
                 f"output channels {zero[:10]}; the fold could not be undone. Use tune mode instead."
             )
         folded_w, folded_b = fold_bn(weight, bias, gamma, beta, mean, var, eps)
-        if beta is not None:
-            beta.copy_(folded_b)
-        elif bias is not None:
-            bias.copy_(folded_b)
+        slot = self._bias_slot()
+        self._canonical = (_keep(weight), None if slot is None else _keep(slot))
+        if slot is not None:
+            slot.copy_(folded_b)
         weight.copy_(folded_w)
 
+    def _bias_slot(self) -> Optional[Tensor]:
+        """Where deploy stores the folded bias: BatchNorm's beta, else the operator's bias (or nowhere)."""
+        return self.bn.bias if self.bn.bias is not None else self.op.bias
+
+    def _kept_canonical(self) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """The (W, bias slot) kept when deploy was entered, on the parameters' device, if the parameters
+        still hold exactly their fold (not trained or changed since, same statistics); else None."""
+        kept = self._canonical
+        weight, slot = self.op.weight, self._bias_slot()
+        if kept is None or (kept[1] is None) != (slot is None):
+            return None
+        kept_w, kept_slot = (None if t is None else t.to(weight.device) for t in kept)
+        if kept_w.dtype != weight.dtype or kept_w.shape != weight.shape:
+            return None
+        gamma, beta, mean, var, eps = self._bn_tensors()
+        if beta is not None:
+            folded_w, folded_b = fold_bn(kept_w, self.op.bias, gamma, kept_slot, mean, var, eps)
+        else:
+            folded_w, folded_b = fold_bn(kept_w, kept_slot, gamma, None, mean, var, eps)
+        if not torch.equal(folded_w.to(weight.dtype), weight):
+            return None
+        if slot is not None and (
+            kept_slot.dtype != slot.dtype or not torch.equal(folded_b.to(slot.dtype), slot)
+        ):
+            return None
+        return kept_w, kept_slot
+
     def _unfolded(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """(W, b, beta) recovered from deploy's folded parameters, the block's one unfold: new tensors in
-        the parameters' dtypes where folded into, the stored tensor where not (b beside beta)."""
+        """(W, b, beta) of deploy's folded parameters, the block's one unfold: the values kept on entering
+        deploy where the parameters still hold their fold, else the inverse of the fold (:func:`unfold_bn`,
+        :func:`unfold_bn_beta`); new tensors where folded into, the stored tensor where not."""
         weight, bias = self.op.weight, self.op.bias
         gamma, beta, mean, var, eps = self._bn_tensors()
+        kept = self._kept_canonical()
+        if kept is not None:
+            return (kept[0], bias, kept[1]) if beta is not None else (kept[0], kept[1], None)
         if beta is not None:  # b' lives in beta's place
             unfolded_w, _ = unfold_bn(weight, None, gamma, None, mean, var, eps)
             unfolded_beta = unfold_bn_beta(beta, bias, gamma, mean, var, eps).to(beta.dtype)
@@ -197,20 +248,15 @@ class ConvBNBase(nn.Module):
             self.bn.bias.copy_(beta)
         elif self.op.bias is not None:
             self.op.bias.copy_(bias)
+        self._canonical = None
 
-    def _deploy_bias(self) -> Optional[Tensor]:
-        """The bias deploy runs the operator with: the stored b' (or, with neither BatchNorm affine nor an
-        operator bias, the fold of a zero bias, computed per call)."""
-        if self.bn.bias is not None:
-            return self.bn.bias
-        if self.op.bias is not None:
-            return self.op.bias
+    def _folded_zero_bias(self) -> Tensor:
+        """Deploy's bias where there is no slot to store b' (neither BatchNorm affine nor an operator
+        bias): the fold of a zero bias, -mean / sqrt(var + eps), computed per call."""
         with torch.no_grad():
-            weight = self.op.weight
+            weight, bn = self.op.weight, self.bn
             zeros = torch.zeros(weight.shape[0], dtype=fold_dtype(weight.dtype), device=weight.device)
-            bn = self.bn
-            folded_b = bn_transform(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
-            return folded_b.to(weight.dtype)
+            return bn_transform(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
 
     def _canonical_tensors(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """(W, b, gamma, beta) as eval mode sees them, unfolded if the block is in deploy."""
@@ -245,33 +291,40 @@ class ConvBNBase(nn.Module):
     # --- forward ------------------------------------------------------------------------------
     def forward(self, input: Tensor) -> Tensor:
         mode = self._mode
-        if mode is Mode.TRAIN:
-            return self._normalize_train(self.op(input))
-        self._check_running_stats(mode)
+        # every module attribute read costs a Python __getattr__: read each once (53 blocks a step)
         op, bn = self.op, self.bn
-        if bn._forward_pre_hooks or bn._forward_hooks or bn._backward_hooks or bn._backward_pre_hooks:
+        if mode is Mode.TRAIN:
+            if type(bn) in _PLAIN_BATCHNORMS:
+                return bn(op(input))
+            return self._normalize_train(bn, op(input))
+        mean, var = bn.running_mean, bn.running_var
+        if mean is None or var is None or _has_hooks(bn):
             self._refuse(mode)
         if mode is Mode.EVAL:
-            return F.batch_norm(
-                op(input), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
-            )
+            return F.batch_norm(op(input), mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
         if op._forward_hooks or op._backward_hooks or op._backward_pre_hooks:
             self._refuse(mode)
         if op._forward_pre_hooks:  # weight_norm / spectral_norm recompute the weight here
             input = self._run_pre_hooks(input, mode)
-        x, spec = self._geometry(input)
+        x, spec = self._geometry(op, input)
+        weight, gamma, beta = op.weight, bn.weight, bn.bias
         if mode is Mode.TUNE:
-            return self._tune(x, spec)
-        return op_forward(spec, x, op.weight, self._deploy_bias())
+            tensors = (x, weight, op.bias, gamma, beta, mean, var)
+            return _tune(tensors, bn.eps, spec, self.tune_strategy)
+        bias = beta if beta is not None else op.bias
+        if bias is None:
+            bias = self._folded_zero_bias()
+        # the folded bias may be kept in BatchNorm's own dtype (a float32 BatchNorm after a bfloat16 conv)
+        return op_forward(spec, x, weight, as_dtype(bias, weight.dtype))
 
-    def _normalize_train(self, y: Tensor) -> Tensor:
+    def _normalize_train(self, bn: nn.Module, y: Tensor) -> Tensor:
         """Train mode's BatchNorm: the module itself, or only its normalisation (timm BatchNormAct2d)."""
-        normalize: Optional[Callable[[nn.Module, Tensor], Tensor]] = normalization_only(self.bn)
+        normalize: Optional[Callable[[nn.Module, Tensor], Tensor]] = normalization_only(bn)
         if normalize is None:
-            return self.bn(y)
-        if hook_kinds(self.bn):
+            return bn(y)
+        if hook_kinds(bn):
             self._refuse(Mode.TRAIN)
-        return normalize(self.bn, y)
+        return normalize(bn, y)
 
     def _run_pre_hooks(self, x: Tensor, mode: Mode) -> Tensor:
         """The operator's forward pre-hooks, as calling the operator would run them, for the input they
@@ -292,20 +345,34 @@ class ConvBNBase(nn.Module):
             self._refuse(mode)  # a hook that replaced the weight since deploy was entered
         return args[0] if args else kwargs["input"]
 
-    def _tune(self, x: Tensor, spec: OpSpec) -> Tensor:
-        """Tune's forward: the autograd function where something needs a gradient, else its computation."""
-        op, bn = self.op, self.bn
-        weight = op.weight
-        compute_dtype = autocast_dtype(x)
-        strategy = choose_strategy(spec, x, weight, compute_dtype, self.tune_strategy)
-        if strategy == "output" and bn.running_var.dtype != weight.dtype:
-            strategy = "weight"
-        tensors = (x, weight, op.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:5]):
-            return TuneFunction.apply(*tensors, bn.eps, spec, compute_dtype, strategy)
-        # nothing to differentiate: the same computation without the autograd function
-        with autocast_off(x):
-            return tune_forward(as_dtype(x, compute_dtype), *tensors[1:], bn.eps, spec, strategy)
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_pre_hooks
+        or module._forward_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
+
+
+def _tune(tensors: Tuple[Any, ...], eps: float, spec: OpSpec, requested: str) -> Tensor:
+    """Tune's forward of (x, W, b, gamma, beta, running_mean, running_var): the autograd function where
+    something needs a gradient, else the same computation without it."""
+    x, weight, running_var = tensors[0], tensors[1], tensors[6]
+    compute_dtype = autocast_dtype(x)
+    strategy = choose_strategy(spec, x, weight, compute_dtype, requested)
+    if strategy == "output" and running_var.dtype != weight.dtype:
+        strategy = "weight"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:5]):
+        return TuneFunction.apply(*tensors, eps, spec, compute_dtype, strategy)
+    with autocast_off(x):
+        return tune_forward(as_dtype(x, compute_dtype), *tensors[1:], eps, spec, strategy)
+
+
+def _keep(t: Tensor) -> Tensor:
+    """A copy of ``t`` off the accelerator (deploy keeps the canonical values there, costing no device
+    memory); meta tensors stay meta."""
+    return t.detach().clone() if t.device.type in ("cpu", "meta") else t.detach().to("cpu")
 
 
 def _refold_after_load(module: ConvBNBase, incompatible_keys: Any) -> None:
@@ -410,32 +477,31 @@ class ConvBN(ConvBNBase):
             )
         return cls._wrap(conv, bn, mode)
 
-    def _padding_pairs(self) -> Optional[Tuple[int, ...]]:
-        """F.pad-style pads (last dimension first) when padding is not a symmetric int per side."""
-        conv = self.conv
-        if not isinstance(conv.padding, str) and conv.padding_mode == "zeros":
-            return None
-        pads = []
-        for k, d, p in reversed(list(zip(conv.kernel_size, conv.dilation, _padding_ints(conv)))):
-            if conv.padding == "same":
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            else:
-                pads += [p, p]
-        return tuple(pads)
-
-    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
-        conv = self.conv
+    def _geometry(self, conv: nn.Module, x: Tensor) -> Tuple[Tensor, OpSpec]:
         if is_tf_same_conv(conv):
             pads, pad_mode = tf_same_pads(conv, x), "constant"
         else:
-            pads = self._padding_pairs()
+            pads = _padding_pairs(conv)
             if pads is None:  # what the convolution pads itself
                 return x, OpSpec("conv", conv.stride, conv.padding, conv.dilation, conv.groups)
             pad_mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
         if any(pads):
             x = F.pad(x, pads, mode=pad_mode)
         return x, OpSpec("conv", conv.stride, (0,) * len(conv.kernel_size), conv.dilation, conv.groups)
+
+
+def _padding_pairs(conv: nn.Module) -> Optional[Tuple[int, ...]]:
+    """F.pad-style pads (last dimension first) when padding is not a symmetric int per side."""
+    if not isinstance(conv.padding, str) and conv.padding_mode == "zeros":
+        return None
+    pads = []
+    for k, d, p in reversed(list(zip(conv.kernel_size, conv.dilation, _padding_ints(conv)))):
+        if conv.padding == "same":
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        else:
+            pads += [p, p]
+    return tuple(pads)
 
 
 def _padding_ints(conv: nn.modules.conv._ConvNd) -> Tuple[int, ...]:
@@ -488,13 +554,13 @@ class LinearBN(ConvBNBase):
             raise TypeError(f"LinearBN.from_modules needs an nn.Linear, got {type(linear).__name__}")
         return cls._wrap(linear, bn, mode)
 
-    def _geometry(self, x: Tensor) -> Tuple[Tensor, OpSpec]:
+    def _geometry(self, op: nn.Module, x: Tensor) -> Tuple[Tensor, OpSpec]:
         return x, LINEAR
 
     def forward(self, input: Tensor) -> Tensor:
-        features = self.linear.in_features
-        if input.dim() == 2 and input.shape[1] == features:
+        if input.dim() == 2:  # [N, features]; other widths fail in F.linear as for nn.Linear
             return super().forward(input)
+        features = self.linear.in_features
         if input.dim() == 0 or input.shape[-1] != features:
             raise ValueError(
                 f"LinearBN expects input of shape [..., {features}] (features last), got {tuple(input.shape)}"

@@ -51,9 +51,8 @@ def _no_blocks(model: nn.Module) -> ValueError:
     norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     found = f"{norms} plain BatchNorm layer(s), which no mode changes" if norms else "no BatchNorm at all"
     return ValueError(
-        f"{type(model).__name__} has no ConvBN block ({found}); build the model with "
-        "tllib_tune.models.get_model, or pair each convolution with its BatchNorm through "
-        "ConvBN.from_modules(conv, bn)"
+        f"{type(model).__name__} has no ConvBN block ({found}); convert it first with "
+        "tllib_tune.convert_convbn(model), or build it with tllib_tune.models.get_model"
     )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "Problem",
     "pair_problem",
     "mode_problem",
+    "deploy_problem",
     "normalization_only",
     "is_tf_same_conv",
     "tf_same_pads",
@@ -245,11 +246,12 @@ def mode_problem(op: nn.Module, bn: nn.Module, mode: str, name: str = "ConvBN") 
             "remove the hook (a hook on the block itself sees the block's output)."
         )
     if mode == "deploy":
-        return _deploy_problem(op, bn, name)
+        return deploy_problem(op, bn, name)
     return None
 
 
-def _deploy_problem(op: nn.Module, bn: nn.Module, name: str) -> Optional[str]:
+def deploy_problem(op: nn.Module, bn: nn.Module, name: str = "ConvBN") -> Optional[str]:
+    """Why deploy cannot fold into (or unfold from) this pair's tensors in place, or None."""
     op_name = type(op).__name__
     slots = ["weight"] + (["bias"] if bn.bias is None and op.bias is not None else [])
     for slot in slots:
@@ -257,11 +259,12 @@ def _deploy_problem(op: nn.Module, bn: nn.Module, name: str) -> Optional[str]:
             return (
                 f"{name}: the {op_name}'s {slot} is not a Parameter of its own (it is computed by a "
                 "parametrization or by a forward pre-hook such as torch.nn.utils.weight_norm or "
-                f"spectral_norm), so deploy cannot fold into it. Use mode 'tune', which computes the same."
+                "spectral_norm), so deploy cannot fold into it nor unfold from it. Use mode 'tune', which "
+                "computes the same."
             )
     if "parametrizations" in bn._modules:
         return (
             f"{name}: the BatchNorm's tensors are parametrized (torch.nn.utils.parametrize), so deploy "
-            "cannot fold into them. Use mode 'tune', which computes the same."
+            "cannot fold into them nor unfold from them. Use mode 'tune', which computes the same."
         )
     return None

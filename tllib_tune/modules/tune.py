@@ -113,7 +113,7 @@ class TuneFunction(torch.autograd.Function):
         with torch.no_grad(), autocast_off(grad_out):
             grads = _backward(ctx, as_dtype(grad_out, ctx.compute_dtype))
         if torch.is_grad_enabled():  # create_graph=True: make a second differentiation fail, and say why
-            grads = _refuse_double_backward(grads)
+            grads = _refuse_double_backward(grads, ctx.saved_tensors)
         return grads + (None,) * 6
 
 
@@ -228,13 +228,14 @@ def _backward_output(
     return grad_x, grad_w, weight_share, grad_folded_b
 
 
-def _refuse_double_backward(grads: Grads) -> Grads:
+def _refuse_double_backward(grads: Grads, inputs: Tuple[Optional[Tensor], ...]) -> Grads:
     """The gradients, as tensors whose own backward raises :data:`DOUBLE_BACKWARD_MESSAGE` (what
-    ``once_differentiable`` does, with a message that names tune mode and the fix)."""
-    try:
-        from torch._C._functions import DelayedError
-    except ImportError:  # pragma: no cover - every supported torch has it
-        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE) from None
+    ``once_differentiable`` does, with a message that names tune mode and the fix). The error node also
+    links to the function's ``inputs``, so that a gradient of a gradient with respect to one of them
+    reaches it and raises, instead of reporting the input as unused."""
+    delayed_error = getattr(getattr(torch._C, "_functions", None), "DelayedError", None)
+    if delayed_error is None:  # pragma: no cover - every supported torch has it
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
 
     def differentiable(t: Optional[Tensor]) -> Optional[Tensor]:
         if t is None:
@@ -243,5 +244,8 @@ def _refuse_double_backward(grads: Grads) -> Grads:
         t.requires_grad_(True)
         return t
 
-    refused = DelayedError(DOUBLE_BACKWARD_MESSAGE.encode(), len(grads))(*[differentiable(g) for g in grads])
-    return tuple(refused) if isinstance(refused, (tuple, list)) else (refused,)
+    links = [t for t in inputs if t is not None and t.requires_grad]
+    tensors = [differentiable(g) for g in grads] + links
+    refused = delayed_error(DOUBLE_BACKWARD_MESSAGE.encode(), len(tensors))(*tensors)
+    refused = tuple(refused) if isinstance(refused, (tuple, list)) else (refused,)
+    return refused[: len(grads)]
