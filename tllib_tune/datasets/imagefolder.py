@@ -101,11 +101,15 @@ class ClassFolderLayout(Layout):
         return base  # a single tree
 
     @staticmethod
-    def _classes(train_dir: Path, scan: _Scan) -> List[str]:
-        if not scan.classes:
+    def _scan_train(train_dir: Path) -> _Scan:
+        if not class_folders(train_dir):  # torchvision's scan needs at least one class
             raise MetadataError(
                 f"no class folders in {train_dir}: expected {train_dir}/<class>/<image>, one folder per class"
             )
+        return _Scan(train_dir)
+
+    @staticmethod
+    def _classes(train_dir: Path, scan: _Scan) -> List[str]:
         counts = [0] * len(scan.classes)
         for _, label in scan.samples:
             counts[label] += 1
@@ -127,7 +131,7 @@ class ClassFolderLayout(Layout):
     def read(self, base: Path, split: str, sample_rate: int) -> Tuple[List[Sample], List[str], bool]:
         train_dir = self._train_dir(base)
         if split == "train":
-            scan = _Scan(train_dir)
+            scan = self._scan_train(train_dir)
             return list(scan.samples), self._classes(train_dir, scan), False
         found = [base / name for name in EVAL_DIRS if (base / name).is_dir()]
         if not found:
