@@ -72,3 +72,25 @@ def test_the_stages_of_other_models_are_found():
     assert backbone_stages(staged) == list(staged.stages)
     with pytest.raises(ValueError, match="cannot find the stages of Linear for gradient checkpointing"):
         enable_grad_checkpointing(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("mode", ["train", "inplace-abn"])
+def test_batch_statistics_update_the_running_ones_once(mode):
+    """Train mode and In-Place ABN update running statistics in the forward: the recomputation for
+    backward must not update them a second time."""
+    from tllib_tune.modules.inplace_abn import convert_to_inplace_abn
+
+    plain, checkpointed = _resnet("train"), _resnet("train")
+    if mode == "inplace-abn":
+        plain, checkpointed = convert_to_inplace_abn(plain), convert_to_inplace_abn(checkpointed)
+    enable_grad_checkpointing(checkpointed)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    loss, x_grad, grads, _ = _step(plain, x)
+    c_loss, c_x_grad, c_grads, _ = _step(checkpointed, x)
+    torch.testing.assert_close(c_loss, loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(c_x_grad, x_grad, rtol=1e-10, atol=1e-14)
+    buffers = dict(checkpointed.named_buffers())
+    assert any(k.endswith("num_batches_tracked") for k in buffers)
+    for name, expected in plain.named_buffers():
+        assert torch.equal(buffers[name], expected), name  # num_batches_tracked 1, stats updated once
+    assert all(m.momentum == 0.1 for m in checkpointed.modules() if hasattr(m, "track_running_stats"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -163,24 +163,6 @@ class ClassFolders(FineGrainedDataset):
         "put the images in one folder per class: root/train/<class>/*.jpg and root/val/<class>/*.jpg (or "
         "test/), or a single tree root/<class>/*.jpg."
     )
-
-    def __init__(
-        self,
-        root: PathLike,
-        split: str = "train",
-        sample_rate: int = 100,
-        transform: Optional[Callable] = None,
-        download: bool = False,
-        check_files: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            split=split,
-            sample_rate=sample_rate,
-            transform=transform,
-            download=download,
-            check_files=check_files,
-        )
 
     def download(self, root: Path) -> None:
         raise DatasetNotFoundError(

@@ -124,7 +124,7 @@ class FinetuneConfig:
     )
     sched: str = _option(
         "step", "--sched", group="optim", choices=SCHEDULES,
-        help="learning-rate decay: step (default: TLlib's, x `lr_gamma` at each of `lr_decay_epochs`) or "
+        help="learning-rate decay: step (default: TLlib's, x --lr-gamma at each of --lr-decay-epochs) or "
         "cosine (to 0 at the last step, per step)",
     )  # fmt: skip
     lr_gamma: float = _option(0.1, "--lr-gamma", group="optim", help="step decay's factor (default: 0.1)")
@@ -142,8 +142,8 @@ class FinetuneConfig:
     )  # fmt: skip
     grad_accum_steps: int = _option(
         1, "--grad-accum-steps", group="optim",
-        help="micro-batches of `batch_size` per optimizer step, gradients summed (default: 1); the step's "
-        "batch is `batch_size` x this",
+        help="micro-batches of --batch-size per optimizer step, gradients summed (default: 1); the step's "
+        "batch is --batch-size x this",
     )  # fmt: skip
     momentum: float = _option(0.9, "--momentum", group="optim", help="SGD momentum, Nesterov (default: 0.9)")
     wd: float = _option(5e-4, "--wd", "--weight-decay", group="optim", help="weight decay (default: 5e-4)")
@@ -171,7 +171,7 @@ class FinetuneConfig:
     )
     compile_backend: str = _option(
         "inductor", "--compile-backend", group="run",
-        help="torch.compile's backend with `compile` (default: inductor)",
+        help="torch.compile's backend with --compile (default: inductor)",
     )  # fmt: skip
     log: Optional[str] = _option(
         None, "--log", group="run",
@@ -187,7 +187,7 @@ class FinetuneConfig:
     )  # fmt: skip
     phase: str = _option(
         "train", "--phase", group="run", choices=PHASES,
-        help="train (default); test: evaluate a checkpoint (`resume`, else <log>/checkpoints/best.pt or "
+        help="train (default); test: evaluate a checkpoint (--resume, else <log>/checkpoints/best.pt or "
         "latest.pt) on the test split, with the data set and model settings it saved; analysis: the same, "
         "plus per-class accuracy and a confusion summary in <log>/analysis/",
     )  # fmt: skip

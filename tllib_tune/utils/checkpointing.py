@@ -6,8 +6,10 @@ stage's activations there (``torch.utils.checkpoint``, the non-reentrant variant
 
 In Tune mode the savings add up: Tune keeps only each ConvBN's input, checkpointing keeps only each
 stage's input. The results are those of the plain forward (the recomputation runs the same operations on
-the same values), so training curves do not change. Only used while autograd records (training); an
-evaluation under ``torch.no_grad()`` runs the stages directly.
+the same values), so training curves do not change; a BatchNorm that trains on batch statistics (train
+mode, In-Place ABN) updates its running statistics in the forward only, not again while the stage is
+recomputed. Only used while autograd records (training); an evaluation under ``torch.no_grad()`` runs the
+stages directly.
 
 :func:`backbone_stages` finds the stages: ``stages`` (tllib_tune's RegNet, timm's ConvNeXt-style models),
 else ``layer1`` ... ``layerN`` (ResNets, torchvision and ours), else the children of a ``features``
@@ -16,10 +18,12 @@ Sequential (torchvision's MobileNet / EfficientNet / VGG style).
 
 from __future__ import annotations
 
-from typing import Any, List
+import contextlib
+from typing import Any, Iterator, List, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["backbone_stages", "enable_grad_checkpointing", "disable_grad_checkpointing", "CheckpointedStage"]
@@ -52,11 +56,35 @@ class CheckpointedStage:
 
     def __init__(self, stage: nn.Module) -> None:
         self.plain_forward = stage.forward
+        self.norms = [m for m in stage.modules() if isinstance(m, _NormBase)]
+        self.contexts = lambda: (contextlib.nullcontext(), self.statistics_kept())
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return self.plain_forward(*args, **kwargs)
-        return checkpoint(self.plain_forward, *args, use_reentrant=False, **kwargs)
+        if torch.compiler.is_compiling():  # compiled graphs apply buffer updates once, functionally
+            return checkpoint(self.plain_forward, *args, use_reentrant=False, **kwargs)
+        return checkpoint(
+            self.plain_forward, *args, use_reentrant=False, context_fn=self.contexts, **kwargs
+        )
+
+    @contextlib.contextmanager
+    def statistics_kept(self) -> Iterator[None]:
+        """The recomputation's context: normalisation layers that train on batch statistics normalise as
+        in the forward (the same operations save the same tensors) but with momentum 0, which leaves
+        their running statistics exactly as the forward left them; their batch count is put back."""
+        updating = [m for m in self.norms if m.training and m.track_running_stats]
+        saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+                 for m in updating]  # fmt: skip
+        for module in updating:
+            module.momentum = 0.0  # running = 1 * running + 0 * batch: unchanged, bit for bit
+        try:
+            yield
+        finally:
+            for module, (momentum, count) in zip(updating, saved):
+                module.momentum = momentum
+                if count is not None:
+                    module.num_batches_tracked.copy_(count)
 
 
 def enable_grad_checkpointing(backbone: nn.Module) -> int:
