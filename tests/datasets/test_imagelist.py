@@ -137,8 +137,11 @@ def test_test_labels_unseen_in_train_warn(tmp_path):
 def test_a_class_folder_tree_is_named_as_such(tmp_path):
     make_image_list(tmp_path)
     shutil.rmtree(tmp_path / "image_list")  # train/<class>/*.jpg and test/<class>/*.jpg remain
-    with pytest.raises(DatasetNotFoundError, match=r"no image_list/ folder; it looks like a class-folder tree "
-                       r"\(train/<class>/<image>\): read it as the 'imagefolder' data set") as info:
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"no image_list/ folder; it looks like a class-folder tree "
+        r"\(train/<class>/<image>\): read it as the 'imagefolder' data set",
+    ) as info:
         get_dataset("imagelist", tmp_path)
     assert info.value.suggested_dataset == "imagefolder"
     assert get_dataset("imagefolder", tmp_path, split="test").num_classes == 3

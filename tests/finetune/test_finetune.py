@@ -53,7 +53,9 @@ TAGS = [
 ]
 HPARAM_TAGS = ["hparam/acc1", "hparam/iter_time_s", "hparam/activations_mb", "hparam/peak_gb"]
 #: A plain progress line of a training epoch (no terminal): step, loss, seconds per step, ETA.
-PROGRESS = re.compile(r"^epoch (\d)/2 train: step (\d)/2 \(\d+%\), [\d.]+ s/step, ETA \w+, elapsed \w+, loss [\d.]+")
+PROGRESS = re.compile(
+    r"^epoch (\d)/2 train: step (\d)/2 \(\d+%\), [\d.]+ s/step, ETA \w+, elapsed \w+, loss [\d.]+"
+)
 
 
 def model_state(path: Path) -> dict:
@@ -104,7 +106,12 @@ def test_without_a_terminal_progress_is_plain_lines_also_in_log_txt(mode_runs, m
     assert "\r" not in result.stderr  # no carriage-return bar into a pipe
     lines = [line for line in result.stderr.splitlines() if PROGRESS.match(line)]
     # --progress-interval 0: one line per step, epochs and steps numbered from 1
-    assert [PROGRESS.match(line).groups() for line in lines] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    assert [PROGRESS.match(line).groups() for line in lines] == [
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+        ("2", "2"),
+    ]
     text = (log / "log.txt").read_text()
     assert all(line in text for line in lines)  # log.txt gets the same progress lines
     assert all(line in text for line in result.stdout.splitlines() if line.strip())  # and the console's

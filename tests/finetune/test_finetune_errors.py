@@ -121,7 +121,9 @@ def test_bad_command_line(args, run_here, flags, fragments):
 
 
 def test_a_compile_backend_that_does_not_exist(args, run_here):
-    fails(run_here(args(compile="", compile_backend="inducter")), 1, "--compile-backend 'inducter'", "inductor")
+    fails(
+        run_here(args(compile="", compile_backend="inducter")), 1, "--compile-backend 'inducter'", "inductor"
+    )
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -176,7 +178,10 @@ def _class_folders(root, splits=("train", "val"), classes=("cat", "dog"), per_cl
         ("no-split", ["with no val/ or test/ folder", "--val-ratio, e.g. 0.2"]),
         ("no-images", ["no images in the class folders of", ".jpg"]),
         ("not-there", ["does not exist or is not a folder", "one folder per class"]),
-        ("list-reader", ["no image_list/ folder", "looks like a class-folder tree", "use --dataset imagefolder"]),
+        (
+            "list-reader",
+            ["no image_list/ folder", "looks like a class-folder tree", "use --dataset imagefolder"],
+        ),
     ],
 )
 def test_class_folder_errors_are_one_line(args, run_here, tmp_path, case, fragments):
@@ -345,8 +350,11 @@ def read_only_dir(tmp_path):
     permission (which root ignores)."""
     folder = tmp_path / "ro"
     folder.mkdir()
-    if shutil.which("unshare") and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0:
-        mount = f"mount -t tmpfs -o ro tmpfs {folder} && exec \"$@\""
+    if (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    ):
+        mount = f'mount -t tmpfs -o ro tmpfs {folder} && exec "$@"'
         return folder, ["unshare", "-rm", "sh", "-c", mount, "sh"]
     if os.geteuid() == 0:
         pytest.skip("no unshare and running as root: cannot make a folder that root cannot write")

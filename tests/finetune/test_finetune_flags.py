@@ -41,7 +41,9 @@ def test_grad_accumulation_equals_the_larger_batch_in_tune_mode(synthetic_root, 
     assert activations(accum)[0] == pytest.approx(activations(large)[0] / 2, rel=0.05)
 
 
-def test_grad_checkpointing_keeps_tune_modes_curve_with_less_memory(mode_runs, synthetic_root, backbone_file, tmp_path):
+def test_grad_checkpointing_keeps_tune_modes_curve_with_less_memory(
+    mode_runs, synthetic_root, backbone_file, tmp_path
+):
     result, reference = mode_runs["tune"]
     assert_ok(result)
     log = tmp_path / "checkpointed"
@@ -59,9 +61,13 @@ def test_compile_tune_follows_eager_tune_and_keeps_less_than_compile_eval(
     result, eager = mode_runs["tune"]
     assert_ok(result)
     tune, evaluation = tmp_path / "compiled_tune", tmp_path / "compiled_eval"
-    assert_ok(run_finetune(tiny_args(synthetic_root, tune, backbone_file, mode="tune", compile="", **MODE_RUN)))
+    assert_ok(
+        run_finetune(tiny_args(synthetic_root, tune, backbone_file, mode="tune", compile="", **MODE_RUN))
+    )
     flags = dict(MODE_RUN, epochs=1, iters_per_epoch=1)
-    assert_ok(run_finetune(tiny_args(synthetic_root, evaluation, backbone_file, mode="eval", compile="", **flags)))
+    assert_ok(
+        run_finetune(tiny_args(synthetic_root, evaluation, backbone_file, mode="eval", compile="", **flags))
+    )
     assert torch.allclose(curve(tune), curve(eager), rtol=1e-4, atol=0), (curve(tune), curve(eager))
     assert activations(tune)[0] < activations(evaluation)[0], (activations(tune), activations(evaluation))
     assert summary(tune)["args"]["compile"] is True

@@ -12,7 +12,11 @@ from torch import nn
 from tests.conftest import randomize_all_bn_
 from tllib_tune import set_mode
 from tllib_tune.models import get_model
-from tllib_tune.utils.checkpointing import backbone_stages, disable_grad_checkpointing, enable_grad_checkpointing
+from tllib_tune.utils.checkpointing import (
+    backbone_stages,
+    disable_grad_checkpointing,
+    enable_grad_checkpointing,
+)
 from tllib_tune.utils.memory import SavedTensorMeter
 
 

@@ -52,7 +52,10 @@ def test_closing_shows_the_final_count_once_lines_were_printed(clock):
         for seconds in (11, 1, 1, 1):
             clock.now += seconds
             bar.update(1)
-    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == ["step 1/4 (25%)", "step 4/4 (100%)"]
+    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == [
+        "step 1/4 (25%)",
+        "step 4/4 (100%)",
+    ]
 
 
 def test_a_loop_shorter_than_the_interval_prints_nothing(clock):

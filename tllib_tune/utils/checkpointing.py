@@ -19,7 +19,7 @@ Sequential (torchvision's MobileNet / EfficientNet / VGG style).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List
 
 import torch
 from torch import nn
@@ -64,9 +64,7 @@ class CheckpointedStage:
             return self.plain_forward(*args, **kwargs)
         if torch.compiler.is_compiling():  # compiled graphs apply buffer updates once, functionally
             return checkpoint(self.plain_forward, *args, use_reentrant=False, **kwargs)
-        return checkpoint(
-            self.plain_forward, *args, use_reentrant=False, context_fn=self.contexts, **kwargs
-        )
+        return checkpoint(self.plain_forward, *args, use_reentrant=False, context_fn=self.contexts, **kwargs)
 
     @contextlib.contextmanager
     def statistics_kept(self) -> Iterator[None]:
