@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_dispatch_usage_and_unknown_commands(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("finetune", "benchmark", "profile"))
+    assert all(name in out for name in ("finetune", "benchmark", "profile", "reproduce"))
     assert cli.main([]) == 2 and "usage: tllib-tune COMMAND" in capsys.readouterr().err
     assert cli.main(["finetnue"]) == 2
     assert (
@@ -40,6 +40,18 @@ def test_a_subcommand_is_one_registration(monkeypatch, capsys):
     cli.register("echo", "tests.test_cli:_echo", "print the arguments")
     assert cli.main(["echo", "a", "--b"]) == 7
     assert capsys.readouterr().out == "tllib-tune echo ['a', '--b']\n"
+
+
+def test_every_registered_command_names_itself_in_its_errors(capsys):
+    """Each subcommand's target imports and speaks as ``tllib-tune NAME`` (a bad flag: one line, exit 2)."""
+    for name in cli.COMMANDS:
+        try:
+            status = cli.main([name, "--no-such-flag"])
+        except SystemExit as exc:  # argparse's own exit is as good as a returned status
+            status = exc.code
+        assert status == 2, name
+        err = capsys.readouterr().err
+        assert f"tllib-tune {name}: error:" in err and "--no-such-flag" in err, (name, err)
 
 
 def _echo(argv, prog):
@@ -136,4 +148,5 @@ def test_the_wheel_runs_the_benchmark(installed, tmp_path):
     assert set(rows) == {"eval", "tune"} and float(rows["tune"]["memory_vs_eval"]) < 0.8
     bad = subprocess.run([str(installed / "tllib-tune"), "benchmark", "--arch", "resnet5"], cwd=tmp_path,
                          env=_clean_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert bad.returncode == 2 and "tllib-tune benchmark: error: --arch: unknown model 'resnet5'" in bad.stderr
+    assert bad.returncode == 2
+    assert "tllib-tune benchmark: error: --arch: unknown model 'resnet5'" in bad.stderr

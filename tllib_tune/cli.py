@@ -3,6 +3,7 @@
     tllib-tune finetune --quick-start --log runs/x
     tllib-tune benchmark --arch resnet18 --batch-sizes 8 --input-sizes 64
     tllib-tune profile --arch resnet18 --modes tune,deploy
+    tllib-tune reproduce --fast
 
 A subcommand is one line in :data:`COMMANDS`: its name, the ``module:function`` that runs it (called
 with the remaining arguments and ``prog="tllib-tune NAME"``, returning the exit status) and a summary.
@@ -39,6 +40,7 @@ register("benchmark", "tllib_tune.benchmark.cli:main", "time and activation memo
 register(
     "profile", "tllib_tune.benchmark.cli:profile_main", "two modes' iteration time, operator by operator"
 )
+register("reproduce", "tllib_tune.paper.cli:main", "the paper's claims offline: Table 3/5, Figure 2, float64")
 
 
 def _usage() -> str:

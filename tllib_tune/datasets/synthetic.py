@@ -8,6 +8,13 @@ body (dot, ring, bar, cross or triangle) whose colour is random per image. Every
 (rotation, scale, position, mirroring), background (gradient and faint blobs), lighting, pixel noise
 and, a third of the time, a distractor mark in the background.
 
+Two disjoint sets of classes, chosen by ``variant``: "source" (the default: oval, diamond, capsule,
+teardrop, hexagon and kite bodies with dot, ring, bar, cross and triangle marks) and "target" (pentagon,
+star, trapezoid, arrow and cruciform bodies with square, plus, chevron, half-disc and double-bar marks,
+genus colours in between the source's). A network pretrained on the source set has learnt what the
+target needs (bodies, small marks, colour families under pose and clutter), but no target class is a
+source class: the classifier head must be new. That is the transfer task of ``tllib_tune.paper``.
+
 The tree is generated once under ``root/CUB_200_2011`` (atomically: temporary folder, then rename) with a
 ``synthetic.json`` marker of its parameters and read back by the CUB-200 reader. Same parameters and
 seed, same bytes (each image draws from its own seeded generator).
@@ -22,7 +29,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,6 +41,7 @@ from .errors import DatasetError
 
 __all__ = [
     "SyntheticFineGrained",
+    "VARIANTS",
     "ensure_synthetic",
     "generate_synthetic",
     "synthetic_class_names",
@@ -49,15 +57,51 @@ _GENUS_HUE = (0.02, 0.12, 0.3, 0.55, 0.7, 0.85)
 _JPEG_QUALITY = 90
 
 
-def synthetic_class_names(num_classes: int) -> List[str]:
-    """The class names ("oval_dot", "oval_ring", ...): genus-major, species-minor."""
-    return [f"{BODIES[c // len(MARKS)]}_{MARKS[c % len(MARKS)]}" for c in range(num_classes)]
+class ClassSet(NamedTuple):
+    """The genera (body shapes and their base hues) and species (marks) of one variant."""
+
+    bodies: Tuple[str, ...]
+    marks: Tuple[str, ...]
+    hues: Tuple[float, ...]
+    stream: Tuple[int, ...]  # appended to each image's seed: variants never share a random stream
 
 
-def _check_params(num_classes: int, images_per_class: int, image_size: int) -> None:
-    limit = len(BODIES) * len(MARKS)
+#: "source": the original set (its images are byte-identical to earlier versions); "target": new bodies,
+#: new marks and hues in between the source's, for transfer experiments.
+VARIANTS: Dict[str, ClassSet] = {
+    "source": ClassSet(BODIES, MARKS, _GENUS_HUE, ()),
+    "target": ClassSet(
+        ("pentagon", "star", "trapezoid", "arrow", "cruciform"),
+        ("square", "plus", "chevron", "half_disc", "double_bar"),
+        (0.07, 0.2, 0.42, 0.62, 0.78),
+        (1,),
+    ),
+}
+
+
+def _class_set(variant: str) -> ClassSet:
+    if variant not in VARIANTS:
+        raise ValueError(f"synthetic variant must be one of {list(VARIANTS)}, got {variant!r}")
+    return VARIANTS[variant]
+
+
+def synthetic_class_names(num_classes: int, variant: str = "source") -> List[str]:
+    """The class names ("oval_dot", "oval_ring", ...; "pentagon_square", ...): genus-major, species-minor."""
+    cs = _class_set(variant)
+    return [f"{cs.bodies[c // len(cs.marks)]}_{cs.marks[c % len(cs.marks)]}" for c in range(num_classes)]
+
+
+def _check_params(
+    num_classes: int, images_per_class: int, image_size: int, variant: str = "source", mark_scale: float = 1.0
+) -> None:
+    cs = _class_set(variant)
+    if not isinstance(mark_scale, (int, float)) or not 0.5 <= mark_scale <= 2.5:
+        raise ValueError(f"synthetic mark_scale must be a number in 0.5..2.5, got {mark_scale!r}")
+    limit = len(cs.bodies) * len(cs.marks)
     if not 2 <= num_classes <= limit:
-        raise ValueError(f"synthetic num_classes must be in 2..{limit}, got {num_classes}")
+        raise ValueError(
+            f"synthetic num_classes must be in 2..{limit} (variant {variant!r}), got {num_classes}"
+        )
     if images_per_class < 2:
         raise ValueError(
             f"synthetic images_per_class must be >= 2 (half train, half test), got {images_per_class}"
@@ -80,6 +124,27 @@ def _body_polygon(body: str, length: float, width: float) -> List[Tuple[float, f
         return [(hl, 0), (hl / 2, hw), (-hl / 2, hw), (-hl, 0), (-hl / 2, -hw), (hl / 2, -hw)]
     if body == "kite":
         return [(hl, 0), (hl * 0.2, hw), (-hl, 0), (hl * 0.2, -hw)]
+    if body == "trapezoid":  # narrow head, wide tail
+        return [(hl, hw * 0.45), (hl, -hw * 0.45), (-hl, -hw), (-hl, hw)]
+    if body == "arrow":
+        return [(hl, 0), (0, hw), (0, hw * 0.6), (-hl, hw * 0.6), (-hl, -hw * 0.6), (0, -hw * 0.6), (0, -hw)]
+    if body == "cruciform":  # a plus-shaped body: long axis along x, short arms along y
+        a, b = hw * 0.55, hl * 0.3
+        return [(hl, a), (b, a), (b, hw), (-b, hw), (-b, a), (-hl, a), (-hl, -a), (-b, -a), (-b, -hw)] + [
+            (b, -hw),
+            (b, -a),
+            (hl, -a),
+        ]
+    if body in ("pentagon", "star"):
+        points = 5 if body == "pentagon" else 10
+        radii = (1.0,) if body == "pentagon" else (1.0, 0.55)
+        return [
+            (
+                hl * radii[k % len(radii)] * math.cos(2 * math.pi * k / points),
+                hw * radii[k % len(radii)] * math.sin(2 * math.pi * k / points),
+            )
+            for k in range(points)
+        ]
     if body == "teardrop":
         pts = []
         for k in range(24):
@@ -113,17 +178,37 @@ def _draw_mark(draw: ImageDraw.ImageDraw, mark: str, cx: float, cy: float, r: fl
         w = max(2, round(r * 0.5))
         draw.line((cx - r, cy - r, cx + r, cy + r), fill=fill, width=w)
         draw.line((cx - r, cy + r, cx + r, cy - r), fill=fill, width=w)
+    elif mark == "square":
+        draw.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), fill=fill)
+    elif mark == "plus":
+        w = max(2, round(r * 0.5))
+        draw.line((cx - r, cy, cx + r, cy), fill=fill, width=w)
+        draw.line((cx, cy - r, cx, cy + r), fill=fill, width=w)
+    elif mark == "chevron":
+        w = max(2, round(r * 0.45))
+        draw.line((cx - r, cy - r, cx + r * 0.5, cy, cx - r, cy + r), fill=fill, width=w, joint="curve")
+    elif mark == "half_disc":
+        draw.pieslice((cx - r * 1.1, cy - r * 1.1, cx + r * 1.1, cy + r * 1.1), 90, 270, fill=fill)
+    elif mark == "double_bar":
+        for dy in (-0.55, 0.55):
+            draw.rectangle(
+                (cx - r * 1.1, cy + r * (dy - 0.25), cx + r * 1.1, cy + r * (dy + 0.25)), fill=fill
+            )
     else:  # triangle
         draw.polygon(
             [(cx + r * 1.15, cy), (cx - r * 0.8, cy + r * 1.1), (cx - r * 0.8, cy - r * 1.1)], fill=fill
         )
 
 
-def _render(label: int, index: int, seed: int, image_size: int) -> Image.Image:
-    """One image of class ``label``; all randomness comes from a generator seeded by (seed, label, index)."""
-    rng = np.random.default_rng([seed, label, index, VERSION])
-    genus, species = divmod(label, len(MARKS))
-    body, mark = BODIES[genus], MARKS[species]
+def _render(
+    label: int, index: int, seed: int, image_size: int, variant: str = "source", mark_scale: float = 1.0
+) -> Image.Image:
+    """One image of class ``label``; all randomness comes from a generator seeded by (seed, label, index)
+    and the variant. ``mark_scale`` multiplies the species mark's size (not the random draws)."""
+    cs = _class_set(variant)
+    rng = np.random.default_rng([seed, label, index, VERSION, *cs.stream])
+    genus, species = divmod(label, len(cs.marks))
+    body, mark = cs.bodies[genus], cs.marks[species]
     size = 2 * image_size  # draw at twice the size, then downsample: cheap anti-aliasing
 
     # Background: gradient between two random colours plus faint blobs.
@@ -147,14 +232,15 @@ def _render(label: int, index: int, seed: int, image_size: int) -> Image.Image:
         ddraw = ImageDraw.Draw(background)
         dx, dy = rng.uniform(0.08, 0.92, 2) * size
         dcol = _rgb(rng.uniform(0, 1), rng.uniform(0.5, 1), rng.uniform(0.5, 1))
-        _draw_mark(ddraw, MARKS[int(rng.integers(len(MARKS)))], dx, dy, size * rng.uniform(0.04, 0.06), dcol)
+        distractor = cs.marks[int(rng.integers(len(cs.marks)))]
+        _draw_mark(ddraw, distractor, dx, dy, size * rng.uniform(0.04, 0.06), dcol)
 
     # Body: genus shape and colour family, with per-image variation.
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     length = size * rng.uniform(0.5, 0.62)
     width = length * rng.uniform(0.5, 0.62)
-    hue = _GENUS_HUE[genus] + rng.uniform(-0.06, 0.06)
+    hue = cs.hues[genus] + rng.uniform(-0.06, 0.06)
     body_col = _rgb(hue, rng.uniform(0.45, 0.9), rng.uniform(0.45, 0.95))
     c = size / 2
     outline = [(c + x, c + y) for x, y in _body_polygon(body, length, width)]
@@ -168,7 +254,7 @@ def _render(label: int, index: int, seed: int, image_size: int) -> Image.Image:
     mark_col = _rgb(mark_hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0) if rng.random() < 0.5 else 0.2)
     mx = c - length * rng.uniform(0.02, 0.12)
     my = c + width * rng.uniform(-0.08, 0.08)
-    _draw_mark(draw, mark, mx, my, size * rng.uniform(0.065, 0.08), mark_col)
+    _draw_mark(draw, mark, mx, my, size * rng.uniform(0.065, 0.08) * mark_scale, mark_col)
 
     # Pose: mirror, rotate, scale, shift.
     if rng.random() < 0.5:
@@ -189,8 +275,15 @@ def _render(label: int, index: int, seed: int, image_size: int) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
-def _params(seed: int, num_classes: int, images_per_class: int, image_size: int) -> Dict[str, object]:
-    return {
+def _params(
+    seed: int,
+    num_classes: int,
+    images_per_class: int,
+    image_size: int,
+    variant: str = "source",
+    mark_scale: float = 1.0,
+) -> Dict[str, object]:
+    params: Dict[str, object] = {
         "generator": "tllib_tune.datasets.synthetic",
         "version": VERSION,
         "seed": seed,
@@ -198,6 +291,12 @@ def _params(seed: int, num_classes: int, images_per_class: int, image_size: int)
         "images_per_class": images_per_class,
         "image_size": image_size,
     }
+    # options at their defaults stay out: the original set's marker is what it always was
+    if variant != "source":
+        params["variant"] = variant
+    if mark_scale != 1.0:
+        params["mark_scale"] = mark_scale
+    return params
 
 
 def generate_synthetic(
@@ -207,26 +306,32 @@ def generate_synthetic(
     images_per_class: int = 40,
     image_size: int = 96,
     progress: bool = True,
+    variant: str = "source",
+    mark_scale: float = 1.0,
 ) -> Path:
     """Write the set into the (new or empty) folder ``dest`` in the CUB_200_2011 layout; returns ``dest``.
 
-    Not atomic by itself: :func:`ensure_synthetic` calls it on a temporary folder and renames.
+    ``variant`` chooses the classes (see :data:`VARIANTS`); ``mark_scale`` enlarges (> 1) or shrinks the
+    species marks, the detail that tells a genus's classes apart. Not atomic by itself:
+    :func:`ensure_synthetic` calls it on a temporary folder and renames.
     """
-    _check_params(num_classes, images_per_class, image_size)
+    _check_params(num_classes, images_per_class, image_size, variant, mark_scale)
     dest = Path(dest)
     (dest / "images").mkdir(parents=True, exist_ok=True)
-    names = synthetic_class_names(num_classes)
+    names = synthetic_class_names(num_classes, variant)
     folders = [f"{c + 1:03d}.{name}" for c, name in enumerate(names)]
     n_train = images_per_class // 2
     images, labels, split = [], [], []
     total = num_classes * images_per_class
-    with tqdm(total=total, desc="generating synthetic set", disable=not progress, leave=False) as bar:
+    desc = f"generating synthetic {variant} set"
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for label, folder in enumerate(folders):
             (dest / "images" / folder).mkdir(exist_ok=True)
             for index in range(images_per_class):
                 image_id = label * images_per_class + index + 1
                 rel = f"{folder}/{names[label]}_{index + 1:04d}.jpg"
-                _render(label, index, seed, image_size).save(dest / "images" / rel, quality=_JPEG_QUALITY)
+                image = _render(label, index, seed, image_size, variant, mark_scale)
+                image.save(dest / "images" / rel, quality=_JPEG_QUALITY)
                 images.append(f"{image_id} {rel}")
                 labels.append(f"{image_id} {label + 1}")
                 split.append(f"{image_id} {1 if index < n_train else 0}")
@@ -235,7 +340,7 @@ def generate_synthetic(
     (dest / "images.txt").write_text("\n".join(images) + "\n")
     (dest / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (dest / "train_test_split.txt").write_text("\n".join(split) + "\n")
-    params = _params(seed, num_classes, images_per_class, image_size)
+    params = _params(seed, num_classes, images_per_class, image_size, variant, mark_scale)
     (dest / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return dest
 
@@ -254,17 +359,20 @@ def ensure_synthetic(
     images_per_class: int = 40,
     image_size: int = 96,
     progress: bool = True,
+    variant: str = "source",
+    mark_scale: float = 1.0,
 ) -> Path:
     """Generate the set under ``root/CUB_200_2011`` unless it is already there; returns that folder.
 
     Generation goes to a temporary folder inside ``root`` that is renamed into place when complete, so
-    an interrupted run leaves nothing behind. A folder made with other parameters, or a real CUB-200
-    folder, is never overwritten: that is an error naming the folder.
+    an interrupted run leaves nothing behind. A folder made with other parameters (another variant
+    included), or a real CUB-200 folder, is never overwritten: that is an error naming the folder. The
+    source and target variants therefore live under different roots.
     """
-    _check_params(num_classes, images_per_class, image_size)
+    _check_params(num_classes, images_per_class, image_size, variant, mark_scale)
     root = Path(os.path.expanduser(str(root)))
     base = root / CUB_DIR
-    wanted = _params(seed, num_classes, images_per_class, image_size)
+    wanted = _params(seed, num_classes, images_per_class, image_size, variant, mark_scale)
 
     def check_existing() -> Path:
         found = _existing_params(base)
@@ -285,7 +393,16 @@ def ensure_synthetic(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root))
     try:
-        generate_synthetic(tmp / CUB_DIR, seed, num_classes, images_per_class, image_size, progress=progress)
+        generate_synthetic(
+            tmp / CUB_DIR,
+            seed,
+            num_classes,
+            images_per_class,
+            image_size,
+            progress=progress,
+            variant=variant,
+            mark_scale=mark_scale,
+        )
         try:
             os.rename(tmp / CUB_DIR, base)
         except OSError:
@@ -298,7 +415,9 @@ def ensure_synthetic(
 
 
 class SyntheticFineGrained(CUB200):
-    """The generated fine-grained set (20 classes x 40 images of 96 px by default), read as CUB-200."""
+    """The generated fine-grained set (20 classes x 40 images of 96 px by default), read as CUB-200.
+
+    ``variant="target"`` gives the other classes (see :data:`VARIANTS`), for transfer from "source"."""
 
     name = "synthetic"
     title = "synthetic fine-grained set"
@@ -315,12 +434,20 @@ class SyntheticFineGrained(CUB200):
         images_per_class: int = 40,
         image_size: int = 96,
         check_files: bool = True,
+        variant: str = "source",
+        mark_scale: float = 1.0,
     ) -> None:
         # ``download`` is accepted for a uniform signature: the set is generated locally, never downloaded.
         check_split(split)
         check_sample_rate(sample_rate)
         ensure_synthetic(
-            root, seed=seed, num_classes=num_classes, images_per_class=images_per_class, image_size=image_size
+            root,
+            seed=seed,
+            num_classes=num_classes,
+            images_per_class=images_per_class,
+            image_size=image_size,
+            variant=variant,
+            mark_scale=mark_scale,
         )
         super().__init__(
             root,
@@ -332,3 +459,4 @@ class SyntheticFineGrained(CUB200):
             check_files=check_files,
         )
         self.seed = seed
+        self.variant = variant
