@@ -23,6 +23,7 @@ from ..modules.inplace_abn import convert_to_inplace_abn
 from ..utils.checkpoint import unwrap_model
 from ..utils.data import ShardSampler
 from ..utils.distributed import ProcessEnv, main_process_first
+from ..utils.signals import leave_stop_signals_to_main
 from .config import FinetuneConfig
 from .errors import FinetuneError, one_line
 
@@ -284,4 +285,5 @@ def eval_loader(
         sampler=ShardSampler(len(dataset), env.rank, env.world_size),
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=leave_stop_signals_to_main,
     )

@@ -52,7 +52,7 @@ from ..utils.data import EpochBatchSampler, SeededDataset
 from ..utils.distributed import ProcessEnv
 from ..utils.feature_maps import batch_statistics_problem
 from ..utils.logger import TextLog
-from ..utils.signals import StopFlag
+from ..utils.signals import StopFlag, leave_stop_signals_to_main
 from .analysis import write_analysis
 from .build import (
     DataSplits,
@@ -629,6 +629,7 @@ class Runner:
             num_workers=config.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=config.workers > 0,
+            worker_init_fn=leave_stop_signals_to_main,
         )
         has_val = self.data.val is not None
         self.val_loader = (

@@ -2,6 +2,10 @@
 
 The first SIGINT/SIGTERM only sets the flag, so the loop can finish the step and save a checkpoint; a
 second Ctrl-C raises KeyboardInterrupt at once. The previous handlers are restored on exit.
+
+Ctrl-C, ``timeout`` and Slurm's scancel signal the whole process group, DataLoader workers included: a
+worker killed under the loop would end the run with a traceback instead of a saved checkpoint, so loaders
+start their workers with :func:`leave_stop_signals_to_main` (``worker_init_fn``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import signal
 import sys
 from typing import Any, Dict, Optional
 
-__all__ = ["StopFlag"]
+__all__ = ["StopFlag", "leave_stop_signals_to_main"]
 
 
 class StopFlag:
@@ -55,3 +59,10 @@ class StopFlag:
 
     def __call__(self) -> bool:
         return self.signum is not None
+
+
+def leave_stop_signals_to_main(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores SIGINT and SIGTERM, which the main process's
+    :class:`StopFlag` handles (it stops the loop and saves; the loader then shuts its workers down)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
