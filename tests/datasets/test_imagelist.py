@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import warnings
+
 import pytest
 
-from tllib_tune.datasets import MetadataError, MissingFileError, get_dataset
+from tllib_tune.datasets import DatasetNotFoundError, MetadataError, MissingFileError, get_dataset
 
 from .trees import make_cub, make_image_list
 
@@ -43,7 +46,8 @@ def test_official_layout_wins_over_image_lists(tmp_path):
 def test_class_names_file_and_fallback(tmp_path):
     make_image_list(tmp_path)
     (tmp_path / "image_list" / "classes.txt").write_text("red\ngreen\nblue\nspare\n")
-    ds = get_dataset("imagelist", tmp_path)
+    with pytest.warns(UserWarning, match=r"no image of label\(s\) 3 out of 0..3"):  # "spare" never trains
+        ds = get_dataset("imagelist", tmp_path)
     assert ds.classes == ["red", "green", "blue", "spare"] and ds.num_classes == 4
     (tmp_path / "image_list" / "classes.txt").write_text("red\ngreen\n")
     with pytest.raises(MetadataError, match="names 2 classes but the image lists use label 2"):
@@ -101,3 +105,43 @@ def test_duplicate_line_warns(tmp_path):
     with pytest.warns(UserWarning, match="more than once"):
         ds = get_dataset("imagelist", tmp_path, split="test")
     assert len(ds) == 25
+
+
+def _relabel(root, split, mapping):
+    path = root / "image_list" / ("train_100.txt" if split == "train" else "test.txt")
+    lines = [line.rsplit(" ", 1) for line in path.read_text().splitlines()]
+    path.write_text("".join(f"{rel} {mapping.get(int(y), int(y))}\n" for rel, y in lines))
+
+
+def test_train_labels_with_gaps_warn(tmp_path):
+    make_image_list(tmp_path)
+    _relabel(tmp_path, "train", {2: 7})  # labels {0, 1, 7}: eight outputs, five never trained
+    _relabel(tmp_path, "test", {2: 7})
+    with pytest.warns(UserWarning, match=r"no image of label\(s\) 2, 3, 4, 5, 6 out of 0..7") as caught:
+        ds = get_dataset("imagelist", tmp_path, split="train")
+    assert ds.num_classes == 8 and len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the test split's labels are all trained: no warning
+        assert get_dataset("imagelist", tmp_path, split="test").num_classes == 8
+
+
+def test_test_labels_unseen_in_train_warn(tmp_path):
+    make_image_list(tmp_path)
+    _relabel(tmp_path, "train", {2: 1})  # train has labels 0 and 1 only, test 0, 1 and 2
+    with pytest.warns(UserWarning, match=r"no image of label\(s\) 2 out of 0..2"):
+        assert get_dataset("imagelist", tmp_path, split="train").num_classes == 3
+    with pytest.warns(UserWarning, match=r"uses label\(s\) 2 that no training image has: its 8 image\(s\)"):
+        get_dataset("imagelist", tmp_path, split="test")
+
+
+def test_a_class_folder_tree_is_named_as_such(tmp_path):
+    make_image_list(tmp_path)
+    shutil.rmtree(tmp_path / "image_list")  # train/<class>/*.jpg and test/<class>/*.jpg remain
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"no image_list/ folder; it looks like a class-folder tree "
+        r"\(train/<class>/<image>\): read it as the 'imagefolder' data set",
+    ) as info:
+        get_dataset("imagelist", tmp_path)
+    assert info.value.suggested_dataset == "imagefolder"
+    assert get_dataset("imagefolder", tmp_path, split="test").num_classes == 3

@@ -1,9 +1,11 @@
 """Fixtures for the fine-tuning end-to-end tests: one synthetic data set and backbone file per session,
-and a runner for examples/finetune.py (the documented entry point of tllib_tune.finetune) in a subprocess
-with tiny settings."""
+a runner for examples/finetune.py (the documented entry point of tllib_tune.finetune) in a subprocess
+with tiny settings, one tiny run per mode (the reference curves other tests compare with), and readers
+of what a run writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from typing import List, Optional, Sequence
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ..conftest import randomize_all_bn_
 
@@ -86,3 +89,54 @@ def run_finetune(args: Sequence[str], *, timeout: float = 300, env: Optional[dic
         text=True,
         timeout=timeout,
     )
+
+
+MODES = ["train", "eval", "tune", "deploy", "inplace-abn"]
+#: The settings of the per-mode reference runs (tiny_args plus these).
+MODE_RUN = {"epochs": 2, "seed": 3, "progress_interval": 0}
+
+
+def assert_ok(result):
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+
+
+def scalars(log: Path, tag: str, sub: str = "") -> list:
+    """(step, value) of a TensorBoard tag in a run directory."""
+    acc = EventAccumulator(str(log / "tb" / sub) if sub else str(log / "tb"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def curve(log: Path, tag: str = "train/loss") -> torch.Tensor:
+    return torch.tensor([v for _, v in scalars(log, tag)], dtype=torch.float64)
+
+
+def records(log: Path) -> list:
+    return [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary(log: Path) -> dict:
+    return json.loads((log / "summary.json").read_text())
+
+
+class _ModeRuns:
+    """The per-mode reference runs, each made on first use (a test of one mode waits for that one only)."""
+
+    def __init__(self, root: Path, backbone: Path, base: Path) -> None:
+        self.root, self.backbone, self.base, self.runs = root, backbone, base, {}
+
+    def __getitem__(self, mode: str):
+        if mode not in self.runs:
+            log = self.base / mode
+            result = run_finetune(tiny_args(self.root, log, self.backbone, mode=mode, **MODE_RUN))
+            self.runs[mode] = (result, log)
+        return self.runs[mode]
+
+
+@pytest.fixture(scope="session")
+def mode_runs(synthetic_root, backbone_file, tmp_path_factory):
+    """One run per mode (2 epochs x 2 steps, pretrained-like weights), plain progress lines at every step:
+    ``mode_runs[mode]`` is (CompletedProcess, run directory)."""
+    return _ModeRuns(synthetic_root, backbone_file, tmp_path_factory.mktemp("modes"))

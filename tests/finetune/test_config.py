@@ -139,7 +139,9 @@ def test_the_library_names_arguments_not_flags():
     with pytest.raises(ConfigError, match=r"^`batch_size` must be >= 1, got 0$") as info:
         FinetuneConfig(batch_size=0)
     assert info.value.argument == "batch_size"
-    with pytest.raises(ConfigError, match="covers epochs 0-2 but the run has `epochs` 3"):
+    with pytest.raises(
+        ConfigError, match="ends after epoch 2 but the run has `epochs` 3; extend the last segment to 3"
+    ):
         FinetuneConfig(mode_schedule="train:0-2", epochs=3)
     with pytest.raises(ConfigError, match=r"`lr` must be a number, got 'fast'"):
         FinetuneConfig(lr="fast")

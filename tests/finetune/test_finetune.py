@@ -1,5 +1,7 @@
-"""tllib_tune.finetune end to end through examples/finetune.py: every mode logs every tag, eval == tune,
-exact resume, torchrun, the quick start.
+"""tllib_tune.finetune end to end through examples/finetune.py: every mode logs every tag (epochs numbered
+from 1), eval == tune, plain progress lines without a terminal, exact resume, torchrun's reduced loss
+equals one process's, the test and analysis phases from the checkpoint's settings, a class-folder tree,
+the quick start.
 
 Runs are tiny (resnet18 at 32 px, batch 4, a few steps) on the session's synthetic set.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +25,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tllib_tune.finetune import cli, runner
 from tllib_tune.finetune.cli import parse_config
 
-from .conftest import FINETUNE, REPO, run_finetune, subprocess_env, tiny_args
+from .conftest import (
+    FINETUNE,
+    MODES,
+    REPO,
+    assert_ok,
+    curve,
+    records,
+    run_finetune,
+    scalars,
+    subprocess_env,
+    summary,
+    tiny_args,
+)
 
 TAGS = [
     "train/loss",
@@ -37,41 +52,19 @@ TAGS = [
     "val/acc1",
 ]
 HPARAM_TAGS = ["hparam/acc1", "hparam/iter_time_s", "hparam/activations_mb", "hparam/peak_gb"]
-
-
-MODES = ["train", "eval", "tune", "deploy", "inplace-abn"]
-
-
-def scalars(log: Path, tag: str, sub: str = "") -> list:
-    acc = EventAccumulator(str(log / "tb" / sub) if sub else str(log / "tb"))
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
+#: A plain progress line of a training epoch (no terminal): step, loss, seconds per step, ETA.
+PROGRESS = re.compile(
+    r"^epoch (\d)/2 train: step (\d)/2 \(\d+%\), [\d.]+ s/step, ETA \w+, elapsed \w+, loss [\d.]+"
+)
 
 
 def model_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
-
-
-def assert_ok(result):
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Every mode, every tag; eval and tune give the same curve
 # ----------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mode_runs(synthetic_root, backbone_file, tmp_path_factory):
-    base = tmp_path_factory.mktemp("modes")
-    runs = {}
-    for mode in MODES:
-        log = base / mode
-        result = run_finetune(tiny_args(synthetic_root, log, backbone_file, mode=mode, epochs=2, seed=3))
-        runs[mode] = (result, log)
-    return runs
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_logs_every_tag(mode_runs, mode):
     result, log = mode_runs[mode]
@@ -85,22 +78,43 @@ def test_every_mode_logs_every_tag(mode_runs, mode):
     hparams.Reload()
     assert set(HPARAM_TAGS) <= set(hparams.Tags()["scalars"])
 
-    records = [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1] and {r["mode"] for r in records} == {mode}
-    summary = json.loads((log / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    assert summary["test_acc1"] == pytest.approx(records[-1]["test_acc1"])
-    assert summary["test_acc1"] == pytest.approx(scalars(log, "val/acc1")[-1][1], rel=1e-6)
-    assert summary["chance_acc1"] == pytest.approx(5.0)
-    assert summary["activations_mb"] > 0 and summary["iter_time_s"] > 0
-    checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=False)
-    assert checkpoint["epoch"] == 2 and checkpoint["iteration"] == 0
+    epochs = records(log)
+    assert [r["epoch"] for r in epochs] == [1, 2] and {r["mode"] for r in epochs} == {mode}  # from 1
+    final = summary(log)
+    assert final["status"] == "completed"
+    assert final["test_acc1"] == pytest.approx(epochs[-1]["test_acc1"])
+    assert final["test_acc1"] == pytest.approx(scalars(log, "val/acc1")[-1][1], rel=1e-6)
+    assert final["chance_acc1"] == pytest.approx(5.0)
+    assert final["activations_mb"] > 0 and final["iter_time_s"] > 0
+    checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["iteration"] == 0 and checkpoint["version"] == 2
     if mode == "inplace-abn":  # the 9 ConvBN + ReLU pairs of resnet18 are converted, the rest train
         assert checkpoint["modes"]["counts"] == {"inplace-abn": 9, "train": 11}
     else:
         assert checkpoint["modes"]["counts"] == {mode: 20}  # resnet18: 20 ConvBN blocks, all in the mode
     assert not (log / "checkpoints" / "best.pt").exists()  # no --val-ratio: no model selection
-    assert f"final test acc1 {summary['test_acc1']:.2f}%" in result.stdout
+    assert f"final test acc1 {final['test_acc1']:.2f}%" in result.stdout
+    # one numbering: bars, the mode message and the epoch lines say "epoch 1/2" then "epoch 2/2"
+    assert f"epoch 1/2: backbone in {mode} mode" in result.stdout
+    assert re.search(r"^epoch 1/2 \[.*\n(.*\n)*epoch 2/2 \[", result.stdout, re.M), result.stdout
+
+
+@pytest.mark.parametrize("mode", ["tune", "train"])
+def test_without_a_terminal_progress_is_plain_lines_also_in_log_txt(mode_runs, mode):
+    result, log = mode_runs[mode]
+    assert_ok(result)
+    assert "\r" not in result.stderr  # no carriage-return bar into a pipe
+    lines = [line for line in result.stderr.splitlines() if PROGRESS.match(line)]
+    # --progress-interval 0: one line per step, epochs and steps numbered from 1
+    assert [PROGRESS.match(line).groups() for line in lines] == [
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+        ("2", "2"),
+    ]
+    text = (log / "log.txt").read_text()
+    assert all(line in text for line in lines)  # log.txt gets the same progress lines
+    assert all(line in text for line in result.stdout.splitlines() if line.strip())  # and the console's
 
 
 def test_eval_and_tune_give_the_same_loss_curve(mode_runs):
@@ -134,26 +148,47 @@ def test_val_ratio_selects_on_val_and_reports_test(synthetic_root, backbone_file
     log = tmp_path / "val"
     result = run_finetune(tiny_args(synthetic_root, log, backbone_file, epochs=2, val_ratio=0.25))
     assert_ok(result)
-    summary = json.loads((log / "summary.json").read_text())
-    assert (summary["train_size"], summary["val_size"], summary["test_size"]) == (300, 100, 400)
-    records = [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
-    assert all("val_acc1" in r and "test_acc1" not in r for r in records)  # no test figure during training
-    best_epoch = max(range(2), key=lambda e: (records[e]["val_acc1"], -e))
-    assert summary["best_epoch"] == best_epoch and summary["best_val_acc1"] == pytest.approx(
-        records[best_epoch]["val_acc1"]
-    )
-    assert torch.load(log / "checkpoints" / "best.pt", weights_only=False)["epoch"] == best_epoch + 1
-    assert "best_test_acc1" in summary and "test_acc1" in summary
+    final = summary(log)
+    assert (final["train_size"], final["val_size"], final["test_size"]) == (300, 100, 400)
+    epochs = records(log)
+    assert all("val_acc1" in r and "test_acc1" not in r for r in epochs)  # no test figure during training
+    best = max(range(2), key=lambda e: (epochs[e]["val_acc1"], -e))
+    assert final["best_epoch"] == best + 1  # numbered from 1, as metrics.jsonl's epoch
+    assert final["best_val_acc1"] == pytest.approx(epochs[best]["val_acc1"])
+    assert f"best on val (epoch {best + 1})" in result.stdout
+    assert torch.load(log / "checkpoints" / "best.pt", weights_only=True)["epoch"] == best + 1  # epochs done
+    assert "best_test_acc1" in final and "test_acc1" in final
 
-    test = run_finetune(tiny_args(synthetic_root, log, backbone_file, phase="test"))
-    assert_ok(test)
-    assert f"test: acc1 {summary['best_test_acc1']:.2f}" in test.stdout
-    # the checkpoint holds every weight: --pretrained imagenet fetches nothing (an empty, offline hub)
+    # --phase test with only --log: data set, root, arch, input size and classes come from the checkpoint;
+    # its --pretrained imagenet default fetches nothing (an empty, offline hub)
     hub = subprocess_env(TORCH_HOME=str(tmp_path / "empty_torch_home"))
-    test = run_finetune(tiny_args(synthetic_root, log, "imagenet", phase="test"), env=hub)
+    test = run_finetune(["--log", str(log), "--phase", "test", "--device", "cpu", "-j", "0"], env=hub)
     assert_ok(test)
-    assert f"test: acc1 {summary['best_test_acc1']:.2f}" in test.stdout
+    assert f"test: acc1 {final['best_test_acc1']:.2f}" in test.stdout and "best.pt" in test.stdout
     assert "Downloading" not in test.stderr and not (tmp_path / "empty_torch_home").exists()
+    assert f"test: acc1 {final['best_test_acc1']:.2f}" in (log / "log.txt").read_text()
+    # an explicit flag overrides a saved setting (a smaller evaluation batch: the same figure)
+    test = run_finetune(["--log", str(log), "--phase", "test", "-b", "3", "-j", "0", "--device", "cpu"])
+    assert_ok(test)
+    assert f"test: acc1 {final['best_test_acc1']:.2f}" in test.stdout
+
+    # --phase analysis: per-class accuracy and the confusion summary, checked against the test figure
+    analysis = run_finetune(["--log", str(log), "--phase", "analysis", "-j", "0", "--device", "cpu"])
+    assert_ok(analysis)
+    folder = log / "analysis"
+    report = json.loads((folder / "summary.json").read_text())
+    assert report["images"] == 400 and report["test_acc1"] == pytest.approx(final["best_test_acc1"])
+    rows = (folder / "per_class.csv").read_text().splitlines()
+    assert rows[0].startswith("label,class,images,correct,acc1") and len(rows) == 21
+    per_class = [row.split(",") for row in rows[1:]]
+    assert sum(int(r[2]) for r in per_class) == 400 and all(int(r[2]) == 20 for r in per_class)
+    correct = sum(int(r[3]) for r in per_class)
+    assert 100 * correct / 400 == pytest.approx(final["best_test_acc1"])
+    matrix = [line.split(",") for line in (folder / "confusion.csv").read_text().splitlines()[1:]]
+    assert sum(int(matrix[i][i + 1]) for i in range(20)) == correct  # the diagonal
+    assert sum(int(v) for row in matrix for v in row[1:]) == 400
+    mean = sum(float(r[4]) for r in per_class) / 20
+    assert report["mean_class_acc1"] == pytest.approx(mean) and "mean per-class acc1" in analysis.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -195,16 +230,15 @@ def test_sigint_saves_latest_and_resume_matches(synthetic_root, backbone_file, u
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "SIGINT received" in err and "Traceback" not in err
-    checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=False)
+    checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=True)
     assert checkpoint["epoch"] == 1 and 0 <= checkpoint["iteration"] <= 8
-    assert json.loads((log / "summary.json").read_text())["status"] == "interrupted"
+    assert summary(log)["status"] == "interrupted"
     assert "--resume" in out
 
     resumed = run_finetune(args + ["--resume", str(log / "checkpoints" / "latest.pt")])
     assert_ok(resumed)
     assert_same_weights(model_state(log / "checkpoints" / "latest.pt"), uninterrupted)
-    records = [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1]
+    assert [r["epoch"] for r in records(log)] == [1, 2]
     assert [s for s, _ in scalars(log, "train/loss")] == list(range(1, 17))  # no step logged twice
 
 
@@ -228,7 +262,7 @@ def test_sigterm_mid_epoch_then_resume_matches(
     args = tiny_args(synthetic_root, log, backbone_file, **RESUME)
     monkeypatch.setattr(runner, "train_one_epoch", signal_at_step_3_of_epoch_1)
     assert cli.main(args, prog="finetune.py") == 128 + signal.SIGTERM
-    checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=False)
+    checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 5)  # the flag is read in the next step
     assert checkpoint["modes"]["counts"] == {"tune": 20}
     assert checkpoint["partial"]["iterations"] == 5
@@ -239,35 +273,109 @@ def test_sigterm_mid_epoch_then_resume_matches(
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
 
+# The wrapper runs finetune.py with one more hook that, after global step PAUSE_AT, says so and waits to
+# be killed: the SIGKILL lands between steps at a known point, whatever the machine's speed.
+_PAUSE_WRAPPER = """
+import runpy, sys, time
+from tllib_tune.finetune import Hook, runner
+pause_at = int(sys.argv[1])
+class Pause(Hook):
+    def after_step(self, epoch, step, values):
+        if epoch * self.runner.config.iters_per_epoch + step + 1 == pause_at:
+            print("PAUSED", flush=True)
+            time.sleep(600)
+init = runner.Runner.__init__
+def with_pause(self, *args, **kwargs):
+    init(self, *args, hooks=[Pause()], **kwargs)
+runner.Runner.__init__ = with_pause
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_save_every_then_sigkill_then_resume_matches(synthetic_root, backbone_file, uninterrupted, tmp_path):
+    log = tmp_path / "run"
+    args = tiny_args(synthetic_root, log, backbone_file, save_every=3, **RESUME)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PAUSE_WRAPPER, "11", str(FINETUNE), *args],
+        cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.strip() == "PAUSED":
+                break
+        proc.send_signal(signal.SIGKILL)  # no handler, no save: only the step-9 latest.pt is left
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    checkpoint = torch.load(log / "checkpoints" / "latest.pt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 1)  # global step 9 = epoch 2, step 1 done
+    assert checkpoint["partial"]["iterations"] == 1 and checkpoint["modes"]["counts"] == {"tune": 20}
+    assert summary(log)["status"] == "running"  # killed: nothing could say otherwise
+
+    resumed = run_finetune(args + ["--resume", str(log / "checkpoints" / "latest.pt")])
+    assert_ok(resumed)
+    assert "epoch 2/2 from step 2/8" in resumed.stdout  # where it carries on, numbered from 1
+    assert_same_weights(model_state(log / "checkpoints" / "latest.pt"), uninterrupted)
+    assert [r["epoch"] for r in records(log)] == [1, 2]
+    assert [s for s, _ in scalars(log, "train/loss")] == list(range(1, 17))  # steps 10-11 not twice
+
+
 # ----------------------------------------------------------------------------------------------------------
-# torchrun, quick start
+# torchrun, a class-folder tree, quick start
 # ----------------------------------------------------------------------------------------------------------
-def test_torchrun_two_processes_on_cpu(synthetic_root, backbone_file, tmp_path):
-    log = tmp_path / "ddp"
+def test_torchrun_loss_is_every_ranks_and_equals_one_process(synthetic_root, backbone_file, tmp_path):
+    """2 processes x batch 4 see the same global batches as 1 process x batch 8 (tune mode: no batch
+    statistics), so the logged training loss, accuracy and evaluation must agree."""
+    flags = dict(epochs=2, iters_per_epoch=3, mode="tune")
+    log, single = tmp_path / "ddp", tmp_path / "single"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--"]
     result = run_finetune(
-        tiny_args(synthetic_root, log, backbone_file, epochs=2, mode="tune"),
-        cmd=[
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "--",
-            str(FINETUNE),
-        ],
+        tiny_args(synthetic_root, log, backbone_file, **flags),
+        cmd=[*torchrun, str(FINETUNE)],
         env=subprocess_env(OMP_NUM_THREADS="1"),
     )
     assert_ok(result)
-    assert result.stdout.count("run directory:") == 1
-    assert result.stdout.count("final test acc1") == 1
-    assert len((log / "metrics.jsonl").read_text().splitlines()) == 2
-    events = [p for p in (log / "tb").glob("events.out.tfevents.*")]
-    assert len(events) == 1
-    summary = json.loads((log / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["status"] == "completed"
-    assert summary["test_size"] == 400  # the shards add up to the whole test split
-    assert len(scalars(log, "train/loss")) == 4
+    reference = run_finetune(tiny_args(synthetic_root, single, backbone_file, batch_size=8, **flags))
+    assert_ok(reference)
+    assert result.stdout.count("run directory:") == 1 and result.stdout.count("final test acc1") == 1
+    assert result.stdout.count("epoch 1/2: backbone in tune mode") == 1  # every notice once
+    assert len(list((log / "tb").glob("events.out.tfevents.*"))) == 1
+    final = summary(log)
+    assert final["world_size"] == 2 and final["status"] == "completed"
+    assert final["test_size"] == 400  # the shards add up to the whole test split
+    for tag in ("train/loss", "train/acc1", "val/loss"):
+        assert torch.allclose(curve(log, tag), curve(single, tag), rtol=1e-5, atol=1e-6), tag
+    ddp, one = records(log), records(single)
+    assert [r["train_loss"] for r in ddp] == pytest.approx([r["train_loss"] for r in one], rel=1e-5)
+    assert [r["train_acc1"] for r in ddp] == pytest.approx([r["train_acc1"] for r in one])
+    assert final["test_acc1"] == pytest.approx(summary(single)["test_acc1"])
+
+
+def test_a_class_folder_tree_fine_tunes(synthetic_root, tmp_path):
+    """--dataset imagefolder on train/<class>/ and val/<class>/ folders (made from the synthetic set)."""
+    from tllib_tune.datasets import get_dataset
+
+    root = tmp_path / "folders"
+    for split, folder in (("train", "train"), ("test", "val")):
+        dataset = get_dataset("synthetic", synthetic_root, split=split)
+        for path, label in dataset.samples[::4]:  # 5 images per class and split
+            target = root / folder / dataset.classes[label] / Path(path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(path, target)
+    log = tmp_path / "log"
+    result = run_finetune(tiny_args(root, log, dataset="imagefolder", mode="tune"))
+    assert_ok(result)
+    assert "imagefolder: 100 train / 0 val / 100 test images, 20 classes" in result.stdout
+    assert summary(log)["status"] == "completed" and summary(log)["num_classes"] == 20
+    # a single tree: --val-ratio holds out the evaluation images, which are then the test split
+    single = tmp_path / "single"
+    (root / "train").rename(single)
+    result = run_finetune(tiny_args(single, tmp_path / "log2", dataset="imagefolder", val_ratio=0.2))
+    assert_ok(result)
+    assert "imagefolder: 80 train / 0 val / 20 test images" in result.stdout
+    assert "has no test split: the --val-ratio part held out of train is the test split" in result.stdout
 
 
 def test_quick_start_defaults_and_overrides():

@@ -8,7 +8,9 @@ that one raises torch.OutOfMemoryError from the loop inside this process).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -39,6 +41,30 @@ def fails(result, code: int, *fragments: str) -> str:
     return line
 
 
+class _Ran:
+    """What :func:`run_here` saw: exit status and output, as a CompletedProcess holds them."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run_here(capsys):
+    """Run the command line in this process (cheaper than a subprocess where the failure comes before
+    any training): its exit status and output."""
+
+    def run(argv) -> _Ran:
+        capsys.readouterr()
+        try:
+            code = cli.main([str(a) for a in argv], prog="finetune.py")
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        out = capsys.readouterr()
+        return _Ran(code, out.out, out.err)
+
+    return run
+
+
 @pytest.fixture
 def args(synthetic_root, tmp_path):
     def make(root=synthetic_root, log=tmp_path / "log", **overrides):
@@ -56,10 +82,18 @@ def args(synthetic_root, tmp_path):
         ({"mode": "fast"}, ["argument --mode: invalid choice: 'fast'"]),
         ({"sample_rate": "20"}, ["argument -sr/--sample-rate: invalid choice: 20"]),
         ({"mode_schedule": "train0-1"}, ["'train0-1' is not MODE:START-END"]),
-        ({"mode_schedule": "train:0-1,tune:2-3", "epochs": "3"}, ["leaves epochs 1-2 without a mode"]),
+        ({"mode_schedule": "train:0-1,tune:2-3", "epochs": "3"}, ["leaves epoch 2 without a mode"]),
         ({"mode_schedule": "fast:0-1"}, ["unknown mode 'fast'"]),
-        ({"mode_schedule": "train:0-1", "epochs": "2"}, ["covers epochs 0-1 but the run has --epochs 2"]),
+        ({"mode_schedule": "train:0-1", "epochs": "2"}, ["ends after epoch 1 but the run has --epochs 2"]),
         ({"val_ratio": "1.5"}, ["--val-ratio must be in [0, 1), got 1.5"]),
+        ({"grad_accum_steps": "0"}, ["--grad-accum-steps must be >= 1, got 0"]),
+        ({"grad_accum_steps": "two"}, ["argument --grad-accum-steps: invalid int value: 'two'"]),
+        ({"save_every": "-5"}, ["--save-every must be >= 0 steps", "got -5"]),
+        ({"sched": "linear"}, ["argument --sched: invalid choice: 'linear'"]),
+        ({"warmup_epochs": "1", "epochs": "1"}, ["--warmup-epochs must be >= 0 and less than --epochs 1"]),
+        ({"label_smoothing": "1"}, ["--label-smoothing must be in [0, 1), got 1.0"]),
+        ({"progress_interval": "-1"}, ["--progress-interval must be >= 0 seconds, got -1.0"]),
+        ({"phase": "eval"}, ["argument --phase: invalid choice: 'eval'"]),
     ],
     ids=[
         "dataset",
@@ -71,11 +105,25 @@ def args(synthetic_root, tmp_path):
         "schedule-mode",
         "schedule-short",
         "val-ratio",
+        "grad-accum",
+        "grad-accum-text",
+        "save-every",
+        "sched",
+        "warmup",
+        "label-smoothing",
+        "progress-interval",
+        "phase",
     ],
 )
-def test_bad_command_line(args, flags, fragments):
-    line = fails(run_finetune(args(**flags)), 2, *fragments)
-    assert line.startswith("finetune.py: error: argument") or "--val-ratio" in line
+def test_bad_command_line(args, run_here, flags, fragments):
+    line = fails(run_here(args(**flags)), 2, *fragments)
+    assert line.startswith(("finetune.py: error: argument", "finetune.py: error: --"))
+
+
+def test_a_compile_backend_that_does_not_exist(args, run_here):
+    fails(
+        run_here(args(compile="", compile_backend="inducter")), 1, "--compile-backend 'inducter'", "inductor"
+    )
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -111,6 +159,45 @@ def test_missing_dataset_root(args, tmp_path):
         str(root),
         "No Stanford Cars data",
     )
+
+
+def _class_folders(root, splits=("train", "val"), classes=("cat", "dog"), per_class=2):
+    from tests.datasets.trees import write_jpeg
+
+    for split in splits:
+        for c, name in enumerate(classes):
+            for k in range(per_class):
+                write_jpeg(root / split / name / f"{k}.jpg", seed=10 * c + k)
+    return root
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("empty-class", ["class folder 'eel' in", "holds no images", "add images or remove the folder"]),
+        ("no-split", ["with no val/ or test/ folder", "--val-ratio, e.g. 0.2"]),
+        ("no-images", ["no images in the class folders of", ".jpg"]),
+        ("not-there", ["does not exist or is not a folder", "one folder per class"]),
+        (
+            "list-reader",
+            ["no image_list/ folder", "looks like a class-folder tree", "use --dataset imagefolder"],
+        ),
+    ],
+)
+def test_class_folder_errors_are_one_line(args, run_here, tmp_path, case, fragments):
+    root = tmp_path / "mine"
+    if case in ("empty-class", "list-reader"):
+        _class_folders(root)
+        (root / "train" / "eel").mkdir()
+    elif case == "no-split":
+        _class_folders(root, splits=("train",))
+    elif case == "no-images":
+        for name in ("cat", "dog"):
+            (root / "train" / name).mkdir(parents=True)
+            (root / "train" / name / "notes.txt").write_text("no image")
+    dataset = "imagelist" if case == "list-reader" else "imagefolder"
+    run = run_finetune if case == "empty-class" else run_here  # one in a real process, the rest here
+    fails(run(args(root=root, dataset=dataset, batch_size=2)), 1, f"data set {dataset!r}", *fragments)
 
 
 @pytest.fixture
@@ -211,7 +298,7 @@ def test_checkpoint_from_another_arch(args, checkpoint_path):
 
 
 def test_checkpoint_with_missing_keys(args, checkpoint_path):
-    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
     del checkpoint["model"]["head.weight"]
     torch.save(checkpoint, checkpoint_path)
     fails(run_finetune(args(resume=checkpoint_path)), 1, "missing keys: head.weight")
@@ -232,6 +319,64 @@ def test_test_phase_without_a_checkpoint_says_so_before_fetching_data(args, tmp_
     flags = args(dataset="stanford_cars", root=tmp_path / "no_cars", log=tmp_path / "empty", phase="test")
     flags[flags.index("--pretrained") + 1] = "imagenet"
     fails(run_finetune(flags), 1, "--phase test needs a checkpoint", "--resume FILE")
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a shared checkpoint must never be able to do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(args, checkpoint_path, tmp_path):
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    marker = tmp_path / "code_ran"
+    checkpoint["args"]["note"] = _RunsCode(marker)
+    torch.save(checkpoint, checkpoint_path)
+    for flags in (args(resume=checkpoint_path), ["--phase", "test", "--resume", str(checkpoint_path)]):
+        fails(run_finetune(flags), 1, str(checkpoint_path), "not allowed (posix.system)", "refused")
+        assert not marker.exists()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """(a folder on a read-only file system, a command prefix that runs there). A real read-only mount
+    in a private mount namespace (unshare, no root needed) where available; else a folder without write
+    permission (which root ignores)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    ):
+        mount = f'mount -t tmpfs -o ro tmpfs {folder} && exec "$@"'
+        return folder, ["unshare", "-rm", "sh", "-c", mount, "sh"]
+    if os.geteuid() == 0:
+        pytest.skip("no unshare and running as root: cannot make a folder that root cannot write")
+    folder.chmod(0o555)
+    return folder, []
+
+
+def test_a_read_only_log_is_one_line(args, read_only_dir):
+    folder, prefix = read_only_dir
+    flags = args(log=folder / "run")
+    result = run_finetune(flags, cmd=[*prefix, sys.executable, str(FINETUNE)])
+    line = fails(result, 1, f"--log {folder / 'run'} cannot be written", "give a folder you can write to")
+    assert "Read-only file system" in line or "Permission denied" in line
+
+
+def test_a_log_that_is_a_file_is_one_line(args, run_here, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a folder")
+    fails(run_finetune(args(log=path)), 1, f"--log {path} is a file, not a folder")
+    fails(run_here(args(log=path / "run")), 1, f"is inside {path}, which is a file")
+    fails(run_here(["--phase", "test", "--log", str(path)]), 1, f"--log {path} is a file")
+    assert path.read_text() == "not a folder"
 
 
 def test_existing_run_is_not_overwritten(args, checkpoint_path):
@@ -260,18 +405,18 @@ def test_non_finite_loss_in_deploy_mode(args, synthetic_root, backbone_file, tmp
         result,
         3,
         "the loss became",
-        "at epoch 1, iteration",
+        "at epoch 2/3, step ",  # epochs and steps numbered from 1: the second epoch
         "deploy mode",
         "Deploy mode is unstable",
         "Tune mode computes the same function stably",
         "--mode tune",
     )
     assert str(tmp_path / "log" / "checkpoints" / "latest.pt") in line
-    checkpoint = torch.load(tmp_path / "log" / "checkpoints" / "latest.pt", weights_only=False)
-    assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 0)  # the last good one, from epoch 0
+    checkpoint = torch.load(tmp_path / "log" / "checkpoints" / "latest.pt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 0)  # the last good one, after epoch 1
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
     summary = json.loads((tmp_path / "log" / "summary.json").read_text())
-    assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 1
+    assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 2
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,6 @@
-"""Fine-grained data sets by name: ``get_dataset("cub200"|"aircraft"|"stanford_cars"|"synthetic", root)``.
+"""Fine-grained data sets by name: ``get_dataset("cub200"|"aircraft"|"stanford_cars"|"synthetic", root)``,
+and users' own images: ``get_dataset("imagefolder", root)`` (class folders) or ``"imagelist"`` (TLlib's
+image lists).
 
 Each data set is a torch ``Dataset`` of ``(image, label)`` with ``classes``, ``num_classes`` and ``samples``
 (list of (path, 0-based label)); the on-disk layout is detected under ``root``. Problems on disk raise a
@@ -23,7 +25,9 @@ from .errors import (
     ExtractionError,
     MetadataError,
     MissingFileError,
+    MissingSplitError,
 )
+from .imagefolder import ClassFolders
 from .imagelist import ImageList
 from .stanford_cars import StanfordCars
 from .synthetic import SyntheticFineGrained, ensure_synthetic, generate_synthetic
@@ -39,6 +43,7 @@ __all__ = [
     "Aircraft",
     "StanfordCars",
     "ImageList",
+    "ClassFolders",
     "SyntheticFineGrained",
     "ImageDataset",
     "FineGrainedDataset",
@@ -55,6 +60,7 @@ __all__ = [
     "download_and_extract",
     "DatasetError",
     "DatasetNotFoundError",
+    "MissingSplitError",
     "MissingFileError",
     "MetadataError",
     "CorruptImageError",
@@ -69,6 +75,7 @@ DATASETS: Dict[str, Type[FineGrainedDataset]] = {
     "stanford_cars": StanfordCars,
     "synthetic": SyntheticFineGrained,
     "imagelist": ImageList,
+    "imagefolder": ClassFolders,
 }
 ALIASES = {"cars": "stanford_cars", "cub": "cub200", "fgvc_aircraft": "aircraft"}
 
@@ -101,9 +108,10 @@ def get_dataset(
     """Build a data set by name.
 
     Args:
-        name: "cub200", "aircraft", "stanford_cars" (alias "cars"), "synthetic" or "imagelist".
+        name: "cub200", "aircraft", "stanford_cars" (alias "cars"), "synthetic", "imagelist" or
+            "imagefolder".
         root: folder holding the data set (see data/README.md for the layouts detected).
-        split: "train" or "test".
+        split: "train" or "test" ("imagefolder": its test/ or val/ folder).
         sample_rate: percent of the training set kept per class, one of 100, 50, 30, 15 (TLlib's
             protocol; the subset is seeded and identical on every machine). Ignored for "test".
         transform: applied to each PIL image (see :func:`get_transforms`).

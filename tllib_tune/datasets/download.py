@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from tqdm.auto import tqdm
-
 from ..common import atomic_write
+from ..progress import progress_bar as tqdm
 from .errors import ChecksumError, DownloadError, ExtractionError
 
 __all__ = [

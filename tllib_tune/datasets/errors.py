@@ -7,9 +7,12 @@ The extra built-in bases keep ``except FileNotFoundError`` / ``except ValueError
 
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "DatasetError",
     "DatasetNotFoundError",
+    "MissingSplitError",
     "MissingFileError",
     "MetadataError",
     "CorruptImageError",
@@ -26,7 +29,16 @@ class DatasetError(Exception):
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """No known layout of the data set was found under the given root."""
+    """No known layout of the data set was found under the given root; ``suggested_dataset`` names the
+    data set the root looks like instead (e.g. "imagefolder"), or is None."""
+
+    def __init__(self, *args: object, suggested_dataset: Optional[str] = None) -> None:
+        super().__init__(*args)
+        self.suggested_dataset = suggested_dataset
+
+
+class MissingSplitError(DatasetError, FileNotFoundError):
+    """The data set has no such split on disk (a class-folder tree without val/ or test/)."""
 
 
 class MissingFileError(DatasetError, FileNotFoundError):

@@ -7,6 +7,10 @@ these folders from TLlib, so CUB-200, Aircraft and Stanford Cars all accept this
 ``train_100.txt`` (or ``train.txt``) is used. Class names come from an optional
 ``image_list/classes.txt`` (one name per line, in label order), else from the images' parent folders
 when those agree with the labels, else ``class_000``, ``class_001``, ...
+
+The number of classes is one more than the largest label, so labels that leave gaps ({0, 1, 7}: eight
+classes, five never trained) and test labels that no training image has are warned about. A root without
+``image_list/`` that holds class folders is named as such: read it as the "imagefolder" data set.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .base import FineGrainedDataset, Layout, PathLike, Sample, read_lines, safe_relpath
-from .errors import MetadataError, MissingFileError
+from .errors import DatasetNotFoundError, MetadataError, MissingFileError
+from .imagefolder import looks_like_class_folders
 
 __all__ = ["ImageListLayout", "ImageList", "read_image_list"]
 
@@ -107,6 +112,9 @@ class ImageListLayout(Layout):
             if other_path.is_file() and other_path != list_file:
                 all_samples += read_image_list(other_path, base)
         classes = self._classes(folder, all_samples)
+        train_list = self._train_file(base, 100)[0] if split == "test" else list_file
+        trained = {y for _, y in (read_image_list(train_list, base) if split == "test" else samples)}
+        _warn_about_labels(split, list_file, samples, trained, len(classes))
         return samples, classes, subsampled
 
     @staticmethod
@@ -134,6 +142,35 @@ class ImageListLayout(Layout):
         return [f"class_{i:03d}" for i in range(max_label + 1)]
 
 
+def _labels(labels: List[int], limit: int = 8) -> str:
+    shown = ", ".join(map(str, labels[:limit]))
+    return shown + (f" ... ({len(labels)} in all)" if len(labels) > limit else "")
+
+
+def _warn_about_labels(
+    split: str, list_file: Path, samples: List[Sample], trained: set, num_classes: int
+) -> None:
+    """Warn when classes have no training image (train) or test images carry such labels (test)."""
+    if split == "train":
+        untrained = [c for c in range(num_classes) if c not in trained]
+        if untrained:
+            warnings.warn(
+                f"{list_file} has no image of label(s) {_labels(untrained)} out of 0..{num_classes - 1}: "
+                f"the classifier gets {num_classes} outputs, {len(untrained)} of which never train. Number "
+                "the labels 0..N-1 without gaps (or name every class in image_list/classes.txt on purpose)",
+                stacklevel=3,
+            )
+        return
+    unseen = sorted({y for _, y in samples} - trained)
+    if unseen:
+        count = sum(1 for _, y in samples if y in set(unseen))
+        warnings.warn(
+            f"{list_file} uses label(s) {_labels(unseen)} that no training image has: its {count} image(s) "
+            "of them can never be classified right; check the labels of both lists",
+            stacklevel=3,
+        )
+
+
 class ImageList(FineGrainedDataset):
     """Any data set in TLlib's image-list layout (``get_dataset("imagelist", root)``)."""
 
@@ -154,11 +191,21 @@ class ImageList(FineGrainedDataset):
         download: bool = False,
         check_files: bool = True,
     ) -> None:
-        super().__init__(
-            root,
-            split=split,
-            sample_rate=sample_rate,
-            transform=transform,
-            download=download,
-            check_files=check_files,
-        )
+        try:
+            super().__init__(
+                root,
+                split=split,
+                sample_rate=sample_rate,
+                transform=transform,
+                download=download,
+                check_files=check_files,
+            )
+        except DatasetNotFoundError as exc:
+            tree = looks_like_class_folders(root) if not Path(root, LIST_DIR).exists() else None
+            if tree is None:
+                raise
+            raise DatasetNotFoundError(
+                f"{root} has no {LIST_DIR}/ folder; it looks like a class-folder tree ({tree}): read it as "
+                "the 'imagefolder' data set",
+                suggested_dataset="imagefolder",
+            ) from exc

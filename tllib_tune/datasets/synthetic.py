@@ -33,8 +33,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar as tqdm
 from .base import PathLike, check_sample_rate, check_split
 from .cub200 import CUB200, CUB_DIR
 from .errors import DatasetError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from ..modules.inplace_abn import convert_to_inplace_abn
 from ..utils.checkpoint import unwrap_model
 from ..utils.data import ShardSampler
 from ..utils.distributed import ProcessEnv, main_process_first
+from ..utils.signals import leave_stop_signals_to_main
 from .config import FinetuneConfig
 from .errors import FinetuneError, one_line
 
@@ -31,6 +32,8 @@ __all__ = [
     "seed_everything",
     "setup_device",
     "build_datasets",
+    "build_test_split",
+    "dataset_classes",
     "build_model",
     "apply_mode",
     "eval_loader",
@@ -105,7 +108,7 @@ def crop_scale(dataset: str) -> Tuple[float, float]:
 
 
 def _load_split(config: FinetuneConfig, split: str, transform: Any) -> Dataset:
-    from ..datasets import DatasetError, get_dataset
+    from ..datasets import DatasetError, MissingSplitError, get_dataset
 
     try:
         return get_dataset(
@@ -117,8 +120,14 @@ def _load_split(config: FinetuneConfig, split: str, transform: Any) -> Dataset:
             download=config.dataset != "synthetic",
             **config.reader_options,
         )
+    except MissingSplitError:
+        raise
     except (DatasetError, FileNotFoundError, ValueError, OSError, RuntimeError) as exc:
-        raise FinetuneError(f"data set {config.dataset!r} at {config.root!r}: {one_line(exc)}") from None
+        other = getattr(exc, "suggested_dataset", None)
+        hint = f"; use `dataset` {other}" if other else ""
+        raise FinetuneError(
+            f"data set {config.dataset!r} at {config.root!r}: {one_line(exc)}{hint}"
+        ) from None
 
 
 def _hold_out(config: FinetuneConfig, full: Dataset, full_eval: Dataset) -> Tuple[Dataset, Dataset]:
@@ -132,28 +141,72 @@ def _hold_out(config: FinetuneConfig, full: Dataset, full_eval: Dataset) -> Tupl
     return Subset(full, order[n_val:]), Subset(full_eval, order[:n_val])
 
 
+def _test_or_held_out(config: FinetuneConfig, test_tf: Any) -> Optional[Dataset]:
+    """The test split, or None for a data set without one (a single class-folder tree) when `val_ratio`
+    holds out its evaluation images instead; without `val_ratio` that is an error naming both fixes."""
+    from ..datasets import MissingSplitError
+
+    try:
+        return _load_split(config, "test", test_tf)
+    except MissingSplitError as exc:
+        if config.val_ratio > 0:
+            return None
+        raise FinetuneError(
+            f"data set {config.dataset!r} at {config.root!r}: {one_line(exc)}; or hold out part of the "
+            "training images with `val_ratio`, e.g. 0.2"
+        ) from None
+
+
 def build_datasets(config: FinetuneConfig, env: ProcessEnv) -> DataSplits:
-    """The train / val / test splits with TLlib's transforms at `input_size`; checks that one batch of
-    every process fits in the training set."""
+    """The train / val / test splits with TLlib's transforms at `input_size`; checks that one step's batch
+    of every process fits in the training set. A data set without a test split (a single class-folder
+    tree) evaluates on the `val_ratio` part it holds out: that part is then the test split, and nothing
+    is selected on it."""
     from ..datasets import get_test_transform, get_train_transform
 
     train_tf = get_train_transform(config.input_size, scale=crop_scale(config.dataset))
     test_tf = get_test_transform(config.input_size)
     with main_process_first(env):
         full = _load_split(config, "train", train_tf)
-        test = _load_split(config, "test", test_tf)
+        test = _test_or_held_out(config, test_tf)
         full_eval = _load_split(config, "train", test_tf) if config.val_ratio > 0 else None
     train, val = _hold_out(config, full, full_eval) if full_eval is not None else (full, None)
-    global_batch = config.batch_size * env.world_size
+    if test is None:
+        test, val = val, None
+    step_batch = config.batch_size * config.grad_accum_steps
+    global_batch = step_batch * env.world_size
     if len(train) < global_batch:
         held_out = f", `val_ratio` {config.val_ratio}" if config.val_ratio else ""
+        accum = f" x `grad_accum_steps` {config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""
         raise FinetuneError(
-            f"`batch_size` {config.batch_size} x {env.world_size} process(es) = {global_batch} is larger "
-            f"than the training set ({len(train)} images of {config.dataset} at `sample_rate` "
-            f"{config.sample_rate}{held_out}); use `batch_size` {max(1, len(train) // env.world_size)} or "
-            "less"
+            f"`batch_size` {config.batch_size}{accum} x {env.world_size} process(es) = {global_batch} is "
+            f"larger than the training set ({len(train)} images of {config.dataset} at `sample_rate` "
+            f"{config.sample_rate}{held_out}); use `batch_size` "
+            f"{max(1, len(train) // (env.world_size * config.grad_accum_steps))} or less"
         )
     return DataSplits(train=train, val=val, test=test, num_classes=full.num_classes)
+
+
+def build_test_split(config: FinetuneConfig, env: ProcessEnv) -> Dataset:
+    """The test split alone, for evaluating a checkpoint: no training-set checks (a data set without a
+    test split gives the `val_ratio` part that its training run held out, as :func:`build_datasets`)."""
+    from ..datasets import get_test_transform
+
+    test_tf = get_test_transform(config.input_size)
+    with main_process_first(env):
+        test = _test_or_held_out(config, test_tf)
+        if test is None:
+            full_eval = _load_split(config, "train", test_tf)
+            test = _hold_out(config, full_eval, full_eval)[1]
+    return test
+
+
+def dataset_classes(dataset: Dataset) -> Optional[List[str]]:
+    """The class names of a data set (through Subset wrappers), or None when it has none."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    return list(classes) if classes is not None else None
 
 
 def _pretrained(config: FinetuneConfig) -> Tuple[Any, str]:
@@ -232,4 +285,5 @@ def eval_loader(
         sampler=ShardSampler(len(dataset), env.rank, env.world_size),
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=leave_stop_signals_to_main,
     )

@@ -25,7 +25,8 @@ __all__ = ["Hook", "ModeScheduleHook", "MetricsHook", "CheckpointHook"]
 
 
 class Hook:
-    """Override what you need; ``epoch`` is 0-based, ``step`` the step within the epoch."""
+    """Override what you need; ``epoch`` is the epoch's 0-based index and ``step`` the 0-based step
+    within it (shown everywhere as epoch ``epoch + 1`` and step ``step + 1``)."""
 
     runner: Runner
 
@@ -36,7 +37,8 @@ class Hook:
         """Before the epoch's first step (also the epoch a resumed run carries on)."""
 
     def after_step(self, epoch: int, step: int, values: Dict[str, float]) -> None:
-        """After every optimizer step; ``values`` holds the step's "loss", "acc1" and "lr"."""
+        """After every optimizer step; ``values`` holds the step's "loss", "acc1" (over every process's
+        images), "lr" and "images"."""
 
     def after_epoch(self, result: EpochResult) -> None:
         """After the epoch's evaluation and the learning-rate step."""
@@ -56,13 +58,14 @@ class ModeScheduleHook(Hook):
             return
         if mode != "inplace-abn":  # In-Place ABN was converted once, when the model was built
             apply_mode(runner.model, mode)
-        runner.say(f"epoch {epoch}: backbone in {mode} mode ({block_modes(runner.model)['counts']})")
+        counts = block_modes(runner.model)["counts"]
+        runner.say(f"epoch {epoch + 1}/{runner.config.epochs}: backbone in {mode} mode ({counts})")
         runner.current_mode = mode
 
 
 class CheckpointHook(Hook):
-    """Writes <log>/checkpoints/best.pt (when the held-out accuracy improves) and latest.pt every epoch;
-    :meth:`save_latest` is also the one place a stopped run saves."""
+    """Writes <log>/checkpoints/best.pt (when the held-out accuracy improves), latest.pt every epoch and
+    every `save_every` steps; :meth:`save_latest` is also the one place a stopped run saves."""
 
     def __init__(self) -> None:
         self.dir: Optional[Path] = None
@@ -76,6 +79,7 @@ class CheckpointHook(Hook):
         runner = self.runner
         path = runner.log_dir / "checkpoints" / name
         if runner.env.is_main:
+            runner.metrics.flush()  # the events up to the checkpoint are on disk before it is
             save_checkpoint(
                 path,
                 runner.model,
@@ -89,20 +93,28 @@ class CheckpointHook(Hook):
                     "best_val_acc1": runner.state.best_val_acc1,
                     "best_epoch": runner.state.best_epoch,
                     "partial": partial.to_dict() if partial is not None else None,
+                    "num_classes": runner.data.num_classes,
                 },
             )
         runner.env.barrier()
         return path
 
     def save_latest(self, epoch: int, iteration: int, partial: Optional[TrainResult] = None) -> Path:
+        """latest.pt at (``epoch`` index, ``iteration``): the next step to run."""
         return self.save("latest.pt", epoch, iteration, partial)
+
+    def after_step(self, epoch: int, step: int, values: Dict[str, float]) -> None:
+        config = self.runner.config
+        done = epoch * config.iters_per_epoch + step + 1
+        if config.save_every and done % config.save_every == 0 and step + 1 < config.iters_per_epoch:
+            self.save_latest(epoch, step + 1, self.runner.epoch_so_far.result(step + 1))
 
     def after_epoch(self, result: EpochResult) -> None:
         state = self.runner.state
         if self.runner.data.val is not None and (
             state.best_val_acc1 is None or result.val.acc1 > state.best_val_acc1
         ):
-            state.best_val_acc1, state.best_epoch = result.val.acc1, result.epoch
+            state.best_val_acc1, state.best_epoch = result.val.acc1, result.number
             self.save("best.pt", result.epoch + 1, 0)
         self.save_latest(result.epoch + 1, 0)
 
@@ -131,7 +143,7 @@ class MetricsHook(Hook):
         )
         if runner.env.is_main:
             records = read_jsonl(runner.log_dir / "metrics.jsonl")
-            self.records = [r for r in records if r.get("epoch", 0) < state.start_epoch]
+            self.records = [r for r in records if r.get("epoch", 0) <= state.start_epoch]  # numbered from 1
         self.summary = {"status": "running", **self._description(), **self.hparams()}
         self.started = time.time()
 
@@ -164,6 +176,12 @@ class MetricsHook(Hook):
             "seed": config.seed,
             "epochs": config.epochs,
             "iters_per_epoch": config.iters_per_epoch,
+            "sched": config.sched,
+            "warmup_epochs": config.warmup_epochs,
+            "label_smoothing": config.label_smoothing,
+            "grad_accum_steps": config.grad_accum_steps,
+            "grad_checkpointing": config.grad_checkpointing,
+            "compile": config.compile,
             "world_size": self.runner.env.world_size,
         }
 
@@ -180,6 +198,11 @@ class MetricsHook(Hook):
         self.logger.epoch_record(record)
         runner.say(result.line(runner.config.epochs))
         self.write_summary("running")
+
+    def flush(self) -> None:
+        """Write the buffered TensorBoard events."""
+        if self.logger is not None:
+            self.logger.flush()
 
     def write_summary(self, status: str, **extra: Any) -> None:
         """Update summary.json: the status, ``extra``, the time so far and the figures of every epoch."""

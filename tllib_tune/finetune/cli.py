@@ -32,10 +32,10 @@ import signal
 from typing import Any, Dict, Optional, Sequence
 
 from ..utils.cli import argument_label, flag_names, plain, print_error, to_flags
-from .config import FinetuneConfig, config_fields
+from .config import TEST_PHASES, FinetuneConfig, config_fields
 from .config_files import QUICK_START, find_config, read_config_file
 from .errors import ConfigError, Diverged, FinetuneError, Stopped
-from .runner import Runner
+from .runner import Runner, saved_settings
 
 __all__ = ["build_parser", "parse_config", "main", "EXIT_USER_ERROR", "EXIT_USAGE", "EXIT_DIVERGED"]
 
@@ -89,8 +89,9 @@ def _with_argument(exc: ConfigError) -> str:
 
 
 def config_from(given: Dict[str, Any]) -> FinetuneConfig:
-    """The run's settings: the defaults, then the config file's (`config`, or the quick start's),
-    then ``given`` (the flags on the command line)."""
+    """The run's settings: the defaults, then the config file's (`config`, or the quick start's), then
+    for `phase` test/analysis the data set and model settings saved in the checkpoint
+    (:data:`~tllib_tune.finetune.runner.FROM_CHECKPOINT`), then ``given`` (the flags on the command line)."""
     given = dict(given)
     name, quick = given.pop("config", None), given.pop("quick_start", False)
     if quick and name is not None:
@@ -101,10 +102,15 @@ def config_from(given: Dict[str, Any]) -> FinetuneConfig:
     name = QUICK_START if quick else name
     path = find_config(name) if name is not None else None
     from_file = read_config_file(path) if path is not None else {}
+    layered = {**from_file, **given}
+    saved = {}
+    if layered.get("phase") in TEST_PHASES:
+        saved = saved_settings(layered.get("log"), layered.get("resume"))
     if "mode" in given and "mode_schedule" not in given:
         from_file.pop("mode_schedule", None)  # an explicit --mode replaces the file's schedule
+        saved.pop("mode_schedule", None)
     try:
-        return FinetuneConfig(**{**from_file, **given, "quick_start": quick, "config": name})
+        return FinetuneConfig(**{**from_file, **saved, **given, "quick_start": quick, "config": name})
     except ConfigError as exc:
         if exc.argument in from_file and exc.argument not in given:
             raise ConfigError(
@@ -137,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "tllib-tune finetune"
     """Run the command line ``argv``; returns the exit status (see the module's doc)."""
     config = parse_config(argv, prog)
     flags = flag_names(build_parser(prog))
-    runner = Runner(config, say=lambda line: print(to_flags(line, flags)), name=prog)
+    runner = Runner(config, say=print, render=lambda line: to_flags(line, flags), name=prog)
     try:
         runner.run()
         return 0

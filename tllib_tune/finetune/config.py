@@ -20,11 +20,23 @@ from ..common import suggest
 from .errors import ConfigError
 from .schedule import MODES, Segment, parse_mode_schedule
 
-__all__ = ["FinetuneConfig", "ConfigField", "config_fields", "SAMPLE_RATES", "AMP_CHOICES", "PHASES"]
+__all__ = [
+    "FinetuneConfig",
+    "ConfigField",
+    "config_fields",
+    "SAMPLE_RATES",
+    "AMP_CHOICES",
+    "PHASES",
+    "TEST_PHASES",
+    "SCHEDULES",
+]
 
 SAMPLE_RATES = (100, 50, 30, 15)
 AMP_CHOICES = ("none", "fp16", "bf16")
-PHASES = ("train", "test")
+PHASES = ("train", "test", "analysis")
+#: The phases that evaluate a checkpoint instead of training.
+TEST_PHASES = ("test", "analysis")
+SCHEDULES = ("step", "cosine")
 
 
 def _dataset_names() -> List[str]:
@@ -110,10 +122,29 @@ class FinetuneConfig:
     lr: float = _option(
         0.01, "--lr", group="optim", help="learning rate of the head; backbone 0.1x (default: 0.01)"
     )
-    lr_gamma: float = _option(0.1, "--lr-gamma", group="optim", help="MultiStepLR factor (default: 0.1)")
+    sched: str = _option(
+        "step", "--sched", group="optim", choices=SCHEDULES,
+        help="learning-rate decay: step (default: TLlib's, x --lr-gamma at each of --lr-decay-epochs) or "
+        "cosine (to 0 at the last step, per step)",
+    )  # fmt: skip
+    lr_gamma: float = _option(0.1, "--lr-gamma", group="optim", help="step decay's factor (default: 0.1)")
     lr_decay_epochs: List[int] = _option(
-        [12], "--lr-decay-epochs", group="optim", many=True, help="MultiStepLR milestones (default: 12)"
-    )
+        [12], "--lr-decay-epochs", group="optim", many=True,
+        help="step decay's milestones, in epochs done (default: 12: from epoch 13 on)",
+    )  # fmt: skip
+    warmup_epochs: float = _option(
+        0.0, "--warmup-epochs", group="optim",
+        help="linear learning-rate warm-up over this many epochs, per step (default: 0, none)",
+    )  # fmt: skip
+    label_smoothing: float = _option(
+        0.0, "--label-smoothing", group="optim",
+        help="label smoothing of the training loss, in [0, 1) (default: 0; evaluation loss never smoothed)",
+    )  # fmt: skip
+    grad_accum_steps: int = _option(
+        1, "--grad-accum-steps", group="optim",
+        help="micro-batches of --batch-size per optimizer step, gradients summed (default: 1); the step's "
+        "batch is --batch-size x this",
+    )  # fmt: skip
     momentum: float = _option(0.9, "--momentum", group="optim", help="SGD momentum, Nesterov (default: 0.9)")
     wd: float = _option(5e-4, "--wd", "--weight-decay", group="optim", help="weight decay (default: 5e-4)")
     epochs: int = _option(20, "--epochs", group="optim", help="number of epochs (default: 20)")
@@ -130,6 +161,18 @@ class FinetuneConfig:
     sync_bn: bool = _option(
         False, "--sync-bn", group="run", help="SyncBatchNorm across processes (train mode, CUDA)"
     )
+    grad_checkpointing: bool = _option(
+        False, "--grad-checkpointing", group="run",
+        help="recompute each backbone stage's activations in backward (torch.utils.checkpoint): less "
+        "activation memory, more time (default: off)",
+    )  # fmt: skip
+    compile: bool = _option(
+        False, "--compile", group="run", help="torch.compile the model for training (default: off)"
+    )
+    compile_backend: str = _option(
+        "inductor", "--compile-backend", group="run",
+        help="torch.compile's backend with --compile (default: inductor)",
+    )  # fmt: skip
     log: Optional[str] = _option(
         None, "--log", group="run",
         help="run directory (default: runs/<dataset>_<arch>_<mode>_<time>, or the --resume checkpoint's run)",
@@ -137,10 +180,21 @@ class FinetuneConfig:
     resume: Optional[str] = _option(
         None, "--resume", group="run", metavar="CHECKPOINT", help="carry on from <log>/checkpoints/latest.pt"
     )
+    save_every: int = _option(
+        0, "--save-every", group="run", metavar="STEPS",
+        help="also write latest.pt every this many optimizer steps, atomically (default: 0: at epoch ends "
+        "and on SIGINT/SIGTERM only)",
+    )  # fmt: skip
     phase: str = _option(
         "train", "--phase", group="run", choices=PHASES,
-        help="train (default), or test: evaluate a checkpoint (--resume, else <log>/checkpoints/best.pt or "
-        "latest.pt) on the test split",
+        help="train (default); test: evaluate a checkpoint (--resume, else <log>/checkpoints/best.pt or "
+        "latest.pt) on the test split, with the data set and model settings it saved; analysis: the same, "
+        "plus per-class accuracy and a confusion summary in <log>/analysis/",
+    )  # fmt: skip
+    progress_interval: float = _option(
+        30.0, "--progress-interval", group="run", metavar="SECONDS",
+        help="without a terminal (a pipe, nohup, a batch log), a progress line every this many seconds; "
+        "log.txt gets the same lines (default: 30)",
     )  # fmt: skip
     quick_start: bool = _option(False, help="the offline demo (the command line's --quick-start)")
     config: Optional[str] = _option(None, help="the config file the settings came from (None: none)")
@@ -181,6 +235,18 @@ class FinetuneConfig:
              f"`input_size` must be >= 16 pixels (224 or 448 for real runs), got {self.input_size}"),
             ("lr_decay_epochs", all(e >= 0 for e in self.lr_decay_epochs),
              f"`lr_decay_epochs` must be >= 0, got {self.lr_decay_epochs}"),
+            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs,
+             f"`warmup_epochs` must be >= 0 and less than `epochs` {self.epochs}, got {self.warmup_epochs}"),
+            ("label_smoothing", 0.0 <= self.label_smoothing < 1.0,
+             f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}"),
+            ("grad_accum_steps", self.grad_accum_steps >= 1,
+             f"`grad_accum_steps` must be >= 1, got {self.grad_accum_steps}"),
+            ("save_every", self.save_every >= 0,
+             f"`save_every` must be >= 0 steps (0: at epoch ends only), got {self.save_every}"),
+            ("progress_interval", math.isfinite(self.progress_interval) and self.progress_interval >= 0,
+             f"`progress_interval` must be >= 0 seconds, got {self.progress_interval}"),
+            ("compile_backend", bool(self.compile_backend.strip()),
+             "`compile_backend` must name a torch.compile backend, e.g. inductor"),
             ("dataset_options", all(isinstance(v, dict) for v in self.dataset_options.values()),
              "`dataset_options` maps a data set name to its reader options, e.g. "
              f"{{'synthetic': {{'images_per_class': 100}}}}, got {self.dataset_options!r}"),

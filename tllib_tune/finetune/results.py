@@ -96,8 +96,8 @@ class EvalResult:
 
 @dataclass
 class EpochResult:
-    """A finished epoch (0-based ``epoch``): its mode, training and the evaluation on ``val_name``
-    ("val" with a held-out split, else "test")."""
+    """A finished epoch: its 0-based index ``epoch`` (shown everywhere as :attr:`number`, from 1), its
+    mode, training and the evaluation on ``val_name`` ("val" with a held-out split, else "test")."""
 
     epoch: int
     mode: str
@@ -105,11 +105,16 @@ class EpochResult:
     val: EvalResult
     val_name: str
 
+    @property
+    def number(self) -> int:
+        """The epoch as every display and file shows it: 1 for the first."""
+        return self.epoch + 1
+
     def record(self) -> Dict[str, Any]:
-        """The epoch's line in metrics.jsonl."""
+        """The epoch's line in metrics.jsonl (``epoch`` is :attr:`number`, from 1)."""
         train = self.train
         return {
-            "epoch": self.epoch,
+            "epoch": self.number,
             "mode": self.mode,
             "lr": train.lr,
             "train_loss": train.loss,
@@ -129,7 +134,7 @@ class EpochResult:
         """The console line, "epoch 2/5 [tune] lr ... train loss ... test acc1 ..."."""
         t, v = self.train, self.val
         return (
-            f"epoch {self.epoch + 1}/{epochs} [{self.mode}] lr {t.lr:.2g}  train loss {t.loss:.4f} "
+            f"epoch {self.number}/{epochs} [{self.mode}] lr {t.lr:.2g}  train loss {t.loss:.4f} "
             f"acc1 {t.acc1:.1f}  {self.val_name} loss {v.loss:.4f} acc1 {v.acc1:.2f}  "
             f"{t.iter_time_s:.3f} s/it  activations {t.activations_mb:.1f} MiB  peak {t.peak_gb:.2f} GiB"
         )

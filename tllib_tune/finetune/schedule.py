@@ -1,4 +1,9 @@
-"""Modes by epoch: "train:0-12,tune:12-20" (the paper's Appendix I) parsed, checked and looked up."""
+"""Modes by epoch: "train:0-12,tune:12-20" (the paper's Appendix I) parsed, checked and looked up.
+
+A segment's START-END count epochs done, the end exclusive: "train:0-12,tune:12-20" trains epochs 1-12
+in train mode and epochs 13-20 in tune mode (epochs are numbered from 1 wherever they are shown). In
+code, epochs are 0-based indices: :func:`mode_for_epoch` (schedule, 12) is the 13th epoch's mode.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ def _segment(part: str) -> Segment:
         )
     first, last = int(start), int(end)
     if last <= first:
-        raise ValueError(f"segment {part!r}: the end epoch must be larger than the start ({_EXAMPLE})")
+        raise ValueError(f"segment {part!r}: END must be larger than START ({_EXAMPLE})")
     return mode, first, last
 
 
@@ -43,23 +48,30 @@ def parse_mode_schedule(text: str, epochs: int) -> List[Segment]:
     for mode, first, last in segments:
         if first != expected:
             what = (
-                "overlaps the previous segment"
+                f"overlaps the previous segment, which ends at {expected}"
                 if first < expected
-                else f"leaves epochs {expected}-{first} without a mode"
+                else f"leaves epoch{'s' if first - expected > 1 else ''} {_span(expected + 1, first)} "
+                "without a mode"
             )
             raise ValueError(
-                f"segment {mode}:{first}-{last} {what}; segments must run on from epoch 0 without gaps"
+                f"segment {mode}:{first}-{last} {what}; segments must run on from 0 without gaps ({_EXAMPLE})"
             )
         expected = last
     if expected < epochs:
         raise ValueError(
-            f"it covers epochs 0-{expected} but the run has `epochs` {epochs}; extend the last segment"
+            f"it ends after epoch {expected} but the run has `epochs` {epochs}; extend the last segment to "
+            f"{epochs}"
         )
     return segments
 
 
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
 def mode_for_epoch(schedule: Sequence[Segment], epoch: int) -> str:
-    """The mode of ``epoch`` (0-based); past the end, the last segment's."""
+    """The mode of the epoch of 0-based index ``epoch`` (epoch ``epoch + 1``); past the end, the last
+    segment's."""
     for mode, first, last in schedule:
         if first <= epoch < last:
             return mode

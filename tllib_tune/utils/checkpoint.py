@@ -1,14 +1,21 @@
-"""Training checkpoints: atomic writes, RNG states, block modes, and loading with clear errors.
+"""Training checkpoints: atomic writes, RNG states, block modes, and safe loading with clear errors.
 
 A checkpoint is a dict written by :func:`save_checkpoint`::
 
-    {"format": "tllib_tune.checkpoint", "version": 1, "model": state_dict, "optimizer": ...,
+    {"format": "tllib_tune.checkpoint", "version": 2, "model": state_dict, "optimizer": ...,
      "scheduler": ..., "scaler": ..., "epoch": e, "iteration": i, "rng": {...},
      "modes": {"counts": {"tune": 20}, "blocks": {"backbone.conv1": "tune", ...}}, "args": {...}, ...}
 
-``epoch``/``iteration`` name the next step to run, so a run resumed from it carries on exactly where
-the saved one stopped. Files are written to a temporary file in the same directory and moved into
-place with ``os.replace``, so an interrupted write never leaves a truncated checkpoint behind.
+``epoch``/``iteration`` name the next step to run (``epoch`` is the number of epochs done), so a run
+resumed from it carries on exactly where the saved one stopped. Files are written to a temporary file in
+the same directory and moved into place with ``os.replace``, so an interrupted write never leaves a
+truncated checkpoint behind.
+
+Everything in a checkpoint is a tensor or a plain container of numbers and strings (version 2 stores the
+numpy and python RNG states as tensors), so :func:`load_checkpoint` reads it with
+``torch.load(weights_only=True)``: a file shared by someone else cannot run code when it is loaded, and
+one that holds any other pickled object is refused. Version-1 files (numpy arrays in their RNG state)
+still load: only numpy's array, dtype and array-reconstruction globals are allowed in addition.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,7 +48,7 @@ __all__ = [
 ]
 
 FORMAT = "tllib_tune.checkpoint"
-VERSION = 1
+VERSION = 2
 PathLike = Union[str, os.PathLike]
 
 
@@ -58,22 +65,41 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
 
 def get_rng_state() -> Dict[str, Any]:
-    """Random states of torch (CPU and every CUDA device), numpy and python's ``random``."""
+    """Random states of torch (CPU and every CUDA device), numpy and python's ``random``, as tensors and
+    plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
     state: Dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }  # fmt: skip
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _numpy_state(saved: Any) -> tuple:
+    if isinstance(saved, dict):  # version 2
+        keys = np.asarray(saved["keys"].numpy(), dtype=np.uint32)
+        return saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]
+    return tuple(saved)  # version 1: numpy's own tuple
+
+
+def _python_state(saved: Any) -> tuple:
+    if isinstance(saved, dict):  # version 2
+        return saved["version"], tuple(int(v) for v in saved["state"].tolist()), saved["gauss_next"]
+    return saved
+
+
 def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned (CUDA states only when the device count matches)."""
+    """Restore what :func:`get_rng_state` returned, of either checkpoint version (CUDA states only when
+    the device count matches)."""
     torch.set_rng_state(state["torch"].cpu() if torch.is_tensor(state["torch"]) else state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state(_numpy_state(state["numpy"]))
+    random.setstate(_python_state(state["python"]))
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
@@ -138,9 +164,58 @@ def save_checkpoint(
     return atomic_save(checkpoint, path)
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, raising :class:`CheckpointError` if the file
-    is missing, truncated/corrupt, or not such a checkpoint."""
+def _legacy_globals() -> List[Any]:
+    """What a version-1 checkpoint needs besides tensors and plain values: its numpy RNG state's array
+    (numpy 2 names the reconstructor numpy._core..., files written under numpy 1 numpy.core...)."""
+    core = getattr(np, "_core", None) or np.core
+    reconstruct = core.multiarray._reconstruct
+    allowed: List[Any] = [np.ndarray, np.dtype, reconstruct, type(np.dtype(np.uint32))]
+    allowed.append((reconstruct, "numpy.core.multiarray._reconstruct"))
+    return allowed
+
+
+def _names(items: Sequence[Any]) -> List[str]:
+    return [
+        item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}" for item in items
+    ]
+
+
+def _refused(path: Path) -> Optional[str]:
+    """The pickled globals of ``path`` that are not allowed, or None when none is (or it cannot tell)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001  (a file it cannot read is reported as corrupt by the caller)
+        return None
+    allowed = set(_names(_legacy_globals()))
+    bad = [name for name in found if name not in allowed]
+    return ", ".join(bad) if bad else None
+
+
+def _read(path: Path, map_location: Any, mmap: bool) -> Any:
+    """torch.load with ``weights_only=True`` (plus version 1's numpy globals), errors in our words."""
+    try:
+        with torch.serialization.safe_globals(_legacy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        bad = _refused(path) if isinstance(exc, pickle.UnpicklingError) else None
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds pickled objects that are not allowed ({bad}): loading them "
+                "could run code, so it is refused. Use a checkpoint that fine-tuning wrote (tensors and "
+                "plain values only), from a source you trust"
+            ) from None
+        detail = " ".join((str(exc).splitlines() or ["no detail"])[0].split())[:200]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read; it is truncated or corrupt ({type(exc).__name__}: "
+            f"{detail}). Use another checkpoint, e.g. best.pt or an earlier copy"
+        ) from None
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", mmap: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (safely: ``weights_only=True``), raising
+    :class:`CheckpointError` if the file is missing, truncated/corrupt, holds a pickled object that is
+    not allowed, or is not such a checkpoint. ``mmap`` maps the tensors instead of reading them (quick
+    when only the settings are wanted)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
@@ -149,15 +224,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
             f"checkpoint {str(path)!r} is a directory; give the file, e.g. "
             f"{str(path / 'checkpoints' / 'latest.pt')!r}"
         )
-    try:
-        # weights_only=False: optimizer/scheduler/RNG states hold numpy arrays and tuples.
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read; it is truncated or corrupt ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Use another checkpoint, e.g. best.pt "
-            "or an earlier copy"
-        ) from None
+    checkpoint = _read(path, map_location, mmap)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "model" not in checkpoint:
         raise CheckpointError(
             f"{str(path)!r} is not a tllib_tune training checkpoint (no 'format'/'model' entries): give a "

@@ -1,9 +1,10 @@
-"""Run logging: TensorBoard scalars, one JSON record per epoch, and a final summary.
+"""Run logging: TensorBoard scalars, one JSON record per epoch, a final summary, and the console's lines.
 
 A run directory looks like::
 
+    <log>/log.txt             the console's lines and the progress lines (TextLog), appended per run
     <log>/tb/                 TensorBoard events (scalars; <log>/tb/hparams holds add_hparams)
-    <log>/metrics.jsonl       one JSON object per epoch
+    <log>/metrics.jsonl       one JSON object per epoch ("epoch" numbered from 1)
     <log>/summary.json        the run's result (written atomically, updated at the end)
     <log>/checkpoints/        latest.pt, best.pt (see tllib_tune.utils.checkpoint)
 
@@ -20,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..common import atomic_write
 
-__all__ = ["RunLogger", "to_jsonable", "write_json_atomic", "read_jsonl"]
+__all__ = ["RunLogger", "TextLog", "to_jsonable", "write_json_atomic", "read_jsonl"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -66,7 +67,8 @@ class RunLogger:
         log_dir: the run directory.
         enabled: False on non-main processes (every method is then a no-op).
         purge_step: when resuming, the first global step still to come; TensorBoard drops the old
-            events from that step on and metrics.jsonl keeps only records of epochs before ``keep_epochs``.
+            events from that step on and metrics.jsonl keeps only the records of the first
+            ``keep_epochs`` epochs (numbered from 1: those with ``epoch <= keep_epochs``).
         keep_epochs: see ``purge_step``.
     """
 
@@ -89,7 +91,7 @@ class RunLogger:
         self.writer = SummaryWriter(log_dir=str(self.log_dir / "tb"), purge_step=purge_step)
         self.metrics_path = self.log_dir / "metrics.jsonl"
         if keep_epochs is not None:
-            kept = [r for r in read_jsonl(self.metrics_path) if r.get("epoch", 0) < keep_epochs]
+            kept = [r for r in read_jsonl(self.metrics_path) if r.get("epoch", 0) <= keep_epochs]
             self._rewrite_metrics(kept)
 
     def _rewrite_metrics(self, records: List[Dict[str, Any]]) -> None:
@@ -141,3 +143,45 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class TextLog:
+    """The run's log.txt: every line the console shows, appended and flushed one by one.
+
+    Lines written before :meth:`open` (the run directory may not exist yet) are kept and written first;
+    a log never opened writes nothing. ``enabled=False`` (non-main processes) makes every call a no-op.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.pending: List[str] = []
+        self.file = None
+        self.path: Optional[Path] = None
+
+    def open(self, path: os.PathLike) -> None:
+        """Start appending to ``path`` (its folder is created); raises OSError when it cannot be written."""
+        if not self.enabled or self.file is not None:
+            return
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")
+        for line in self.pending:
+            self.file.write(line + "\n")
+        self.pending.clear()
+        self.file.flush()
+
+    def write(self, text: str) -> None:
+        """Append ``text`` (one or more lines)."""
+        if not self.enabled:
+            return
+        lines = text.rstrip("\n").splitlines() or [""]
+        if self.file is None:
+            self.pending.extend(lines)
+            return
+        self.file.write("".join(line + "\n" for line in lines))
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -2,6 +2,10 @@
 
 The first SIGINT/SIGTERM only sets the flag, so the loop can finish the step and save a checkpoint; a
 second Ctrl-C raises KeyboardInterrupt at once. The previous handlers are restored on exit.
+
+Ctrl-C, ``timeout`` and Slurm's scancel signal the whole process group, DataLoader workers included: a
+worker killed under the loop would end the run with a traceback instead of a saved checkpoint, so loaders
+start their workers with :func:`leave_stop_signals_to_main` (``worker_init_fn``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import signal
 import sys
 from typing import Any, Dict, Optional
 
-__all__ = ["StopFlag"]
+__all__ = ["StopFlag", "leave_stop_signals_to_main"]
 
 
 class StopFlag:
@@ -19,11 +23,13 @@ class StopFlag:
     Args:
         name: printed before the notice on stderr (e.g. the program's name).
         saving: what the loop saves before it stops, named in the notice.
+        announce: print the notice (False on all but one of several processes, so it prints once).
     """
 
-    def __init__(self, name: str = "", saving: str = "latest.pt") -> None:
+    def __init__(self, name: str = "", saving: str = "latest.pt", announce: bool = True) -> None:
         self.name = name
         self.saving = saving
+        self.announce = announce
         self.signum: Optional[int] = None
         self._previous: Dict[int, Any] = {}
 
@@ -41,6 +47,8 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        if not self.announce:
+            return
         prefix = f"{self.name}: " if self.name else ""
         print(
             f"\n{prefix}{signal.Signals(signum).name} received: finishing this step and saving {self.saving} "
@@ -51,3 +59,10 @@ class StopFlag:
 
     def __call__(self) -> bool:
         return self.signum is not None
+
+
+def leave_stop_signals_to_main(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores SIGINT and SIGTERM, which the main process's
+    :class:`StopFlag` handles (it stops the loop and saves; the loader then shuts its workers down)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

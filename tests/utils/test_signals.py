@@ -1,0 +1,44 @@
+"""StopFlag: a signal sets the flag and, on the one process that announces, prints one notice; the
+previous handlers come back afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tllib_tune.utils.signals import StopFlag
+
+
+@pytest.mark.parametrize("announce", [True, False])
+def test_sigterm_sets_the_flag_and_only_the_announcing_process_says_so(announce, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    with StopFlag("finetune.py", announce=announce) as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop() and stop.signum == signal.SIGTERM
+    err = capsys.readouterr().err
+    notice = "finetune.py: SIGTERM received: finishing this step and saving latest.pt"
+    assert err.count(notice) == (1 if announce else 0) and (announce or err == "")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_loader_workers_leave_a_group_sigterm_to_the_main_process():
+    """timeout and Slurm signal the whole process group: the workers must live on, so that the main
+    process can finish its step and save."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tllib_tune.utils.signals import leave_stop_signals_to_main
+
+    data = torch.arange(8.0)
+    loader = DataLoader(data, batch_size=2, num_workers=1, worker_init_fn=leave_stop_signals_to_main)
+    batches = iter(loader)
+    first = next(batches)
+    workers = batches._workers  # noqa: SLF001  (the worker processes, to signal them)
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGINT)
+    rest = list(batches)
+    assert torch.equal(torch.cat([first, *rest]), data) and not any(w.is_alive() for w in workers)
