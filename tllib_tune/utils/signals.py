@@ -10,8 +10,10 @@ start their workers with :func:`leave_stop_signals_to_main` (``worker_init_fn``)
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from typing import Any, Dict, Optional
 
 __all__ = ["StopFlag", "leave_stop_signals_to_main"]
@@ -62,7 +64,22 @@ class StopFlag:
 
 
 def leave_stop_signals_to_main(worker_id: int = 0) -> None:
-    """A DataLoader ``worker_init_fn``: the worker ignores SIGINT and SIGTERM, which the main process's
-    :class:`StopFlag` handles (it stops the loop and saves; the loader then shuts its workers down)."""
+    """A DataLoader ``worker_init_fn``: the worker leaves Ctrl-C and a SIGTERM sent to the whole process group
+    to the main process's :class:`StopFlag` (which stops the loop and saves), but still ends when the main
+    process itself terminates it (as the DataLoader and Python's exit do; ignoring that would hang the exit).
+
+    Where the platform cannot tell who sent a SIGTERM (no ``sigwaitinfo``, e.g. macOS), only SIGINT is
+    left to the main process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # delivered only to the waiting thread
+    parent = os.getppid()
+    threading.Thread(target=_end_on_parents_sigterm, args=(parent,), daemon=True).start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:  # the main process ends us (or is gone)
+            os._exit(0)
