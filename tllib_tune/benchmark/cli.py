@@ -28,6 +28,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..models import check_model
+from ..progress import progress_bar
 from ..utils.cli import flag_names, print_error, to_flags
 from .measure import ALL_MODES, DEFAULT_MODES, BenchmarkSettings, IterationBenchmark, timing_environment
 from .peers import COMPILED_MODES, compile_problem, fresh_compile_state
@@ -189,8 +190,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     """Run the benchmark command line; returns the exit status."""
     parser = benchmark_parser(prog)
     args = parse_args(argv, prog)
-    from tqdm import tqdm
-
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -216,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     caches = fresh_compile_state() if compiled else contextlib.nullcontext()
     with (
         caches,
-        tqdm(total=total, desc=f"{args.arch} on {args.device}", unit="iter", file=sys.stderr) as progress,
+        progress_bar(total=total, desc=f"{args.arch} on {args.device}", unit="iter") as progress,
     ):
         for batch_size, input_size in settings:
             rows += rows_for(bench.measure(batch_size, input_size, progress), bench.settings)
