@@ -1,6 +1,6 @@
 """Reproduce the Tune-mode paper's claims offline (Table 3, Table 5, Figure 2, a float64 check).
 
-    python scripts/reproduce_paper.py                 # defaults: about 10 minutes on 2 CPU cores
+    python scripts/reproduce_paper.py                 # defaults: about 13 minutes on 2 quiet CPU cores
     python scripts/reproduce_paper.py --fast          # about a minute (what the tests run)
     python scripts/reproduce_paper.py --out benchmarks/paper-cpu --seeds 0,1,2 --modes train,tune
 

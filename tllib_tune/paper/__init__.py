@@ -7,7 +7,7 @@ layout (top-1, activation memory, time per iteration, the savings against train 
 (the pretrained scaling coefficients, the training losses of eval, tune and deploy) and a float64 check
 that tune follows eval's trajectory to round-off while deploy drifts.
 
-    python scripts/reproduce_paper.py            # about 10 minutes on 2 CPU cores
+    python scripts/reproduce_paper.py            # about 13 minutes on 2 quiet CPU cores
     python scripts/reproduce_paper.py --fast     # about a minute
 
 Modules: ``settings`` (what is run), ``data``, ``pretrain`` (the cached source backbone), ``transfer``

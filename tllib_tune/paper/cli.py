@@ -40,7 +40,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         prog=prog,
         description="Reproduce the Tune-mode paper's claims offline on 2 CPU cores: pretrain on a synthetic "
         "source set, fine-tune on a new target set in every mode over seeds, write Table 3 / Table 5, "
-        "Figure 2 and a float64 check (defaults: about 10 minutes; --fast: about a minute).",
+        "Figure 2 and a float64 check (defaults: about 13 minutes on 2 quiet cores; --fast: about a minute).",
     )
     p.add_argument(
         "--out", default="runs/reproduce_paper", help="output folder (default: runs/reproduce_paper)"

@@ -24,7 +24,7 @@ PRETRAIN_VERSION = 1
 
 @dataclass(frozen=True)
 class Settings:
-    """What one reproduction run computes (the defaults: about 10 minutes on 2 quiet CPU cores)."""
+    """What one reproduction run computes (the defaults: about 13 minutes on 2 quiet CPU cores)."""
 
     arch: str = "resnet18"
     image_size: int = 72  # generated images; crops of input_size are trained on
