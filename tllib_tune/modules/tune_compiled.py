@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .autocast import autocast_dtype, autocast_off
-from .fold import as_dtype, channel_view, fold_dtype
+from .fold import as_dtype, bn_scale, channel_view, fold_dtype
 from .ops import OpSpec, op_forward
 
 __all__ = ["compiled_fold", "compiled_tune", "is_compiling"]
@@ -51,9 +51,7 @@ def compiled_fold(
     """(W', b') from differentiable operations, in the fold dtype (:func:`.fold.fold_dtype`): the same
     function as :func:`.fold.fold_bn`, written so that a compiler can fuse and recompute it."""
     dtype = fold_dtype(weight.dtype)
-    scale = torch.rsqrt(running_var.to(dtype) + eps)
-    if gamma is not None:
-        scale = gamma.to(dtype) * scale
+    scale = bn_scale(gamma, running_var, eps, dtype)
     folded_w = weight.to(dtype) * channel_view(scale, weight.dim())
     mean = running_mean.to(dtype)
     folded_b = (-mean if bias is None else bias.to(dtype) - mean) * scale
