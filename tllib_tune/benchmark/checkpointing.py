@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..utils.memory import excluded_storages, storage_key
+
 __all__ = ["backbone_stages", "checkpointed_stages", "PeakSavedMeter"]
 
 
@@ -82,11 +84,7 @@ class PeakSavedMeter:
     """
 
     def __init__(self, exclude: Tuple[nn.Module, ...] = ()) -> None:
-        self._excluded = {
-            (t.device, t.untyped_storage().data_ptr())
-            for m in exclude
-            for t in (*m.parameters(), *m.buffers())
-        }
+        self._excluded = excluded_storages(exclude)
         self._counts: Dict[Tuple[Any, ...], int] = {}
         self._sizes: Dict[Tuple[Any, ...], int] = {}
         self.live = 0
@@ -94,18 +92,15 @@ class PeakSavedMeter:
         self._hooks: Optional[torch.autograd.graph.saved_tensors_hooks] = None
 
     def _pack(self, t: Tensor) -> _Held:
-        try:
-            storage = t.untyped_storage()
-            key: Optional[Tuple[Any, ...]] = (t.device, storage.data_ptr())
-        except (RuntimeError, NotImplementedError):  # no storage (fake tensors)
-            key = None
+        found = storage_key(t)  # no storage (fake tensors): None
+        key: Optional[Tuple[Any, ...]] = found[:2] if found is not None else None
         if key is not None and (key in self._excluded or key[1] == 0):
             key = None
         if key is not None:
             count = self._counts.get(key, 0)
             if count == 0:
-                self._sizes[key] = storage.nbytes()
-                self.live += storage.nbytes()
+                self._sizes[key] = found[2]
+                self.live += found[2]
                 self.peak = max(self.peak, self.live)
             self._counts[key] = count + 1
         return _Held(t, key, self)

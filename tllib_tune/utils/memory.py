@@ -12,17 +12,32 @@ from typing import Any, Callable, Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SavedTensorMeter", "activation_bytes", "MIB"]
+__all__ = ["SavedTensorMeter", "activation_bytes", "excluded_storages", "storage_key", "MIB"]
 
 MIB = 1024**2
 
 
-def _storage_key(t: Tensor) -> Optional[tuple]:
+def storage_key(t: Tensor) -> Optional[tuple]:
+    """(device, data pointer, bytes) of the storage under ``t``: tensors sharing memory share the first two
+    (None for a tensor without storage, e.g. a fake tensor)."""
     try:
         storage = t.untyped_storage()
     except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. fake tensors)
         return None
     return (t.device, storage.data_ptr(), storage.nbytes())
+
+
+def excluded_storages(exclude: Iterable[Any]) -> set:
+    """The (device, data pointer) of every storage under ``exclude`` (modules' parameters and buffers, or
+    tensors): what a meter of saved activations leaves out."""
+    excluded = set()
+    for item in exclude:
+        tensors = list(item.parameters()) + list(item.buffers()) if isinstance(item, nn.Module) else [item]
+        for t in tensors:
+            key = storage_key(t)
+            if key is not None:
+                excluded.add(key[:2])
+    return excluded
 
 
 class SavedTensorMeter:
@@ -39,20 +54,12 @@ class SavedTensorMeter:
     """
 
     def __init__(self, exclude: Iterable[Any] = ()) -> None:
-        self._excluded = set()
-        for item in exclude:
-            tensors = (
-                list(item.parameters()) + list(item.buffers()) if isinstance(item, nn.Module) else [item]
-            )
-            for t in tensors:
-                key = _storage_key(t)
-                if key is not None:
-                    self._excluded.add(key[:2])
+        self._excluded = excluded_storages(exclude)
         self._storages: Dict[tuple, int] = {}
         self._hooks: Optional[torch.autograd.graph.saved_tensors_hooks] = None
 
     def _pack(self, t: Tensor) -> Tensor:
-        key = _storage_key(t)
+        key = storage_key(t)
         if key is not None and key[:2] not in self._excluded and key[1] != 0:
             self._storages[key[:2]] = key[2]
         return t
