@@ -10,7 +10,16 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from tests.conftest import rel_err
-from tllib_tune.modules.fold import bn_scale, fold_bn, fold_dtype, unfold_bn, unfold_bn_beta
+from tllib_tune.modules.fold import (
+    bn_scale,
+    channel_dot,
+    fold_bias_backward,
+    fold_bn,
+    fold_dtype,
+    fold_weight_backward,
+    unfold_bn,
+    unfold_bn_beta,
+)
 from tllib_tune.modules.ops import LINEAR, OpSpec, op_forward
 
 
@@ -90,3 +99,41 @@ def test_fold_runs_in_at_least_float32(dtype):
     # the same values as the fold of the parameters converted to float32 first
     ref_w, _ = fold_bn(*(t.to(fold_dtype(dtype)) for t in (weight, b, gamma, beta, mean, var)), 1e-5)
     assert torch.equal(folded_w, ref_w)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 3, 3), (4, 5)])
+@pytest.mark.parametrize("bias,affine", list(itertools.product((True, False), (True, False))))
+def test_fold_backward_is_autograd_through_the_fold(shape, bias, affine):
+    weight, b, gamma, beta, mean, var = _tensors(bias, affine, shape=shape)
+    leaves = [t.requires_grad_() for t in (weight, b, gamma, beta) if t is not None]
+    folded_w, folded_b = fold_bn(weight, b, gamma, beta, mean, var, 1e-3)
+    gen = torch.Generator().manual_seed(5)
+    grad_w = torch.randn(folded_w.shape, generator=gen, dtype=torch.float64)
+    grad_b = torch.randn(folded_b.shape, generator=gen, dtype=torch.float64)
+    pairs = [(out, g) for out, g in ((folded_w, grad_w), (folded_b, grad_b)) if out.requires_grad]
+    outputs, upstream = zip(*pairs)
+    expected = dict(zip(map(id, leaves), torch.autograd.grad(outputs, leaves, upstream)))
+
+    inv_std = torch.rsqrt(var + 1e-3)
+    scale = bn_scale(gamma, var, 1e-3, torch.float64)
+    with torch.no_grad():
+        dw, share = fold_weight_backward(grad_w.clone(), weight, scale, (True, affine))
+        db, dgamma, dbeta = fold_bias_backward(grad_b, b, mean, share, inv_std, scale, (bias, affine, affine))
+    assert rel_err(dw, expected[id(weight)]) < 1e-14
+    assert (db is None) == (b is None) and (b is None or rel_err(db, expected[id(b)]) < 1e-14)
+    if affine:
+        assert rel_err(dgamma, expected[id(gamma)]) < 1e-13 and rel_err(dbeta, expected[id(beta)]) < 1e-15
+    else:
+        assert share is None and dgamma is None and dbeta is None
+
+
+def test_fold_weight_backward_scales_in_place_and_computes_only_what_is_asked():
+    weight, _, gamma, _, _, var = _tensors(False, True)
+    scale = bn_scale(gamma, var, 1e-5, torch.float64)
+    grad = torch.randn_like(weight)
+    expected = grad * scale.view(-1, 1, 1, 1)
+    dw, share = fold_weight_backward(grad, weight, scale, (True, False))
+    assert dw is grad and share is None and rel_err(dw, expected) < 1e-15
+    dw, share = fold_weight_backward(expected.clone(), weight, scale, (False, True))
+    assert dw is None and rel_err(share, channel_dot(expected, weight)) < 1e-15
+    assert rel_err(channel_dot(expected, weight), (expected * weight).sum((1, 2, 3))) < 1e-14

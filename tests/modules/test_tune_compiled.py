@@ -11,8 +11,6 @@ from torch import nn
 
 from tests.conftest import randomize_all_bn_, rel_err
 from tllib_tune import ConvBN, set_mode
-from tllib_tune.modules.fold import fold_bn
-from tllib_tune.modules.tune_compiled import compiled_fold
 from tllib_tune.utils.memory import SavedTensorMeter
 
 needs_compiler = pytest.mark.skipif(
@@ -34,20 +32,6 @@ def _step(model, x, upstream):
     with SavedTensorMeter(exclude=[model]) as meter:
         out = model(x)
     return out, torch.autograd.grad(out, params, upstream, allow_unused=True), meter.bytes
-
-
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("affine", [False, True])
-def test_compiled_fold_is_the_fold(bias, affine):
-    gen = torch.Generator().manual_seed(0)
-    block = ConvBN(3, 5, 3, bias=bias, affine=affine).double()
-    randomize_all_bn_(block, seed=2, wide=True)
-    with torch.no_grad():
-        block.bn.running_mean.normal_(generator=gen)
-    args = (block.conv.weight, block.conv.bias, block.bn.weight, block.bn.bias, block.bn.running_mean,
-            block.bn.running_var, block.bn.eps)  # fmt: skip
-    for actual, expected in zip(compiled_fold(*args), fold_bn(*args)):
-        assert rel_err(actual, expected) < 1e-14
 
 
 @needs_compiler

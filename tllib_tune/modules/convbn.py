@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .autocast import autocast_dtype, autocast_off
-from .fold import as_dtype, bn_scale, bn_transform, fold_bn, fold_dtype, unfold_bn, unfold_bn_beta
+from .fold import as_dtype, bn_scale, fold_bias, fold_bn, fold_dtype, unfold_bn, unfold_bn_beta
 from .ops import LINEAR, OpSpec, op_forward
 from .support import (
     deploy_problem,
@@ -255,9 +255,9 @@ class ConvBNBase(nn.Module):
         """Deploy's bias where there is no slot to store b' (neither BatchNorm affine nor an operator
         bias): the fold of a zero bias, -mean / sqrt(var + eps), computed per call."""
         with torch.no_grad():
-            weight, bn = self.op.weight, self.bn
-            zeros = torch.zeros(weight.shape[0], dtype=fold_dtype(weight.dtype), device=weight.device)
-            return bn_transform(zeros, None, None, bn.running_mean, bn.running_var, bn.eps, zeros.dtype)
+            bn = self.bn
+            scale = bn_scale(None, bn.running_var, bn.eps, fold_dtype(self.op.weight.dtype))
+            return fold_bias(None, None, bn.running_mean, scale)
 
     def _canonical_tensors(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """(W, b, gamma, beta) as eval mode sees them, unfolded if the block is in deploy."""

@@ -11,10 +11,11 @@ which is the single operator ``W' x + b'`` with
     b'_c = beta_c + (b_c - mean_c) * s_c      (b = 0 without an operator bias; gamma = 1 and beta = 0
                                               for a BatchNorm without affine parameters).
 
-:func:`fold_bn` computes (W', b') and :func:`unfold_bn` / :func:`unfold_bn_beta` invert it. The fold
-runs in at least float32 (:func:`fold_dtype`), whatever the parameters' dtype, and through BatchNorm's
-own inference kernel (``torch.batch_norm`` on the weight seen as one sample), so that every caller, the
-Tune autograd function and Deploy's in-place fold alike, gets bitwise the same folded tensors.
+:func:`fold_bn` computes (W', b'), :func:`fold_weight_backward` and :func:`fold_bias_backward` take
+gradients back through it, :func:`unfold_bn` / :func:`unfold_bn_beta` invert it. The fold runs in at
+least float32 (:func:`fold_dtype`), whatever the parameters' dtype, in one pass over W; every caller
+(the Tune autograd function in forward and backward, compiled Tune, Deploy's in-place fold) goes through
+:func:`fold_weight`, so they all get bitwise the same folded weight.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ __all__ = [
     "fold_dtype",
     "as_dtype",
     "bn_scale",
-    "bn_transform",
-    "bn_transform_backward",
+    "fold_bias",
     "fold_bn",
+    "fold_weight",
+    "fold_weight_backward",
+    "fold_bias_backward",
+    "channel_dot",
     "unfold_bn",
     "unfold_bn_beta",
     "channel_view",
@@ -58,70 +62,16 @@ _WEIGHT_SHAPES = [(-1,)] + [(-1,) + (1,) * (n - 1) for n in range(1, 6)]
 
 def bn_scale(gamma: Optional[Tensor], running_var: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
     """The per-channel scale s = gamma / sqrt(running_var + eps) in ``dtype`` (gamma None: 1)."""
-    inv_std = torch.rsqrt(running_var.to(dtype) + eps)
-    return inv_std if gamma is None else gamma.to(dtype) * inv_std
+    inv_std = torch.rsqrt(as_dtype(running_var, dtype) + eps)
+    return inv_std if gamma is None else as_dtype(gamma, dtype) * inv_std
 
 
-def bn_transform(
-    value: Tensor,
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    mean: Tensor,
-    running_var: Tensor,
-    eps: float,
-    dtype: torch.dtype,
-) -> Tensor:
-    """BatchNorm's inference transform (value - mean) * gamma / sqrt(var + eps) + beta of ``value`` seen
-    as one sample whose first dimension holds the channels, computed in ``dtype`` in one fused pass.
-
-    With ``value`` the operator's weight and a zero mean this is the folded weight W * s; with its bias
-    (zeros without one) and the running mean, the folded bias.
-    """
-    out = torch.batch_norm(
-        as_dtype(value, dtype).unsqueeze(0),
-        as_dtype(gamma, dtype),
-        as_dtype(beta, dtype),
-        as_dtype(mean, dtype),
-        as_dtype(running_var, dtype),
-        False,
-        0.0,
-        eps,
-        False,
-    )
-    return out.squeeze(0)
-
-
-def bn_transform_backward(
-    grad: Tensor,
-    value: Tensor,
-    gamma: Optional[Tensor],
-    mean: Tensor,
-    running_var: Tensor,
-    inv_std: Tensor,
-    eps: float,
-    mask: Tuple[bool, bool, bool],
-) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Backward of :func:`bn_transform`, in ``inv_std``'s dtype (the fold dtype).
-
-    Given dL/d(transformed value), returns (dL/dvalue, dL/dgamma, dL/dbeta) where ``mask`` asks:
-    BatchNorm's own backward kernel, in inference mode, computes all three in one read of both tensors.
-    (In inference mode the kernels recompute the statistics from ``mean`` and ``running_var``; CUDA's
-    wants them as saved by a forward as well, so both are passed.)
-    """
-    dtype = inv_std.dtype
-    grad_value, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
-        as_dtype(grad, dtype).unsqueeze(0),
-        as_dtype(value, dtype).unsqueeze(0),
-        gamma,
-        mean,
-        running_var,
-        mean,
-        inv_std,
-        False,
-        eps,
-        list(mask),
-    )
-    return (None if grad_value is None else grad_value.squeeze(0)), grad_gamma, grad_beta
+def fold_bias(bias: Optional[Tensor], beta: Optional[Tensor], running_mean: Tensor, scale: Tensor) -> Tensor:
+    """The folded bias b' = beta + (b - running_mean) * s, in ``scale``'s dtype (b None: 0, beta None: 0)."""
+    dtype = scale.dtype
+    mean = as_dtype(running_mean, dtype)
+    centred = -mean if bias is None else as_dtype(bias, dtype) - mean
+    return centred * scale if beta is None else torch.addcmul(as_dtype(beta, dtype), centred, scale)
 
 
 def fold_bn(
@@ -138,14 +88,58 @@ def fold_bn(
     The operator with weight W' and bias b' computes BatchNorm(operator(x)) with the running statistics.
     ``bias``, ``gamma``, ``beta`` may be None (no operator bias: b = 0; no affine: gamma = 1, beta = 0).
     Both results are new tensors in :func:`fold_dtype` of the weight's dtype; cast them to store them.
-    Like ``torch.nn.utils.fusion.fuse_conv_bn_weights``, but through BatchNorm's own inference kernel.
+    Like ``torch.nn.utils.fusion.fuse_conv_bn_weights``; written in differentiable operations, so that
+    torch.compile can fuse it (:mod:`.tune_compiled`), and in as few passes over W as there can be (one).
     """
-    dtype = fold_dtype(weight.dtype)
-    zeros = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device)
-    folded_w = bn_transform(weight, gamma, None, zeros, running_var, eps, dtype)
-    value = zeros if bias is None else bias
-    folded_b = bn_transform(value, gamma, beta, running_mean, running_var, eps, dtype)
-    return folded_w, folded_b
+    scale = bn_scale(gamma, running_var, eps, fold_dtype(weight.dtype))
+    return fold_weight(weight, scale), fold_bias(bias, beta, running_mean, scale)
+
+
+def fold_weight(weight: Tensor, scale: Tensor) -> Tensor:
+    """The folded weight W' = W * s, in ``scale``'s dtype (one pass over W)."""
+    return as_dtype(weight, scale.dtype) * channel_view(scale, weight.dim())
+
+
+def channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-output-channel dot product sum_k a_ck b_ck of two tensors shaped like a weight."""
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
+
+
+def fold_weight_backward(
+    grad_folded_w: Tensor, weight: Tensor, scale: Tensor, mask: Tuple[bool, bool]
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Back through W' = W * s: (dL/dW, gamma's share) = (dL/dW' * s, sum_k dL/dW'_ck W_ck), as ``mask``
+    asks. In ``scale``'s dtype (the fold dtype); ``grad_folded_w`` in that dtype is scaled in place
+    (pass a tensor nobody else holds)."""
+    grad_folded_w = as_dtype(grad_folded_w, scale.dtype)
+    share = channel_dot(grad_folded_w, as_dtype(weight, scale.dtype)) if mask[1] else None
+    grad_w = grad_folded_w.mul_(channel_view(scale, grad_folded_w.dim())) if mask[0] else None
+    return grad_w, share
+
+
+def fold_bias_backward(
+    grad_folded_b: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Tensor,
+    weight_share: Optional[Tensor],
+    inv_std: Tensor,
+    scale: Tensor,
+    mask: Tuple[bool, bool, bool],
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Back through b' = beta + (b - mean) * s, s = gamma * inv_std: (dL/db, dL/dgamma, dL/dbeta), as
+    ``mask`` asks, with dL/db = dL/db' * s, dL/dbeta = dL/db' and
+    dL/dgamma_c = inv_std_c * (weight_share_c + dL/db'_c (b_c - mean_c)), where ``weight_share`` is
+    :func:`fold_weight_backward`'s sum_k dL/dW'_ck W_ck. In ``scale``'s dtype (the fold dtype)."""
+    need_b, need_gamma, need_beta = mask
+    dtype = scale.dtype
+    grad_folded_b = as_dtype(grad_folded_b, dtype)
+    grad_gamma = None
+    if need_gamma:
+        mean = as_dtype(running_mean, dtype)
+        centred = -mean if bias is None else as_dtype(bias, dtype) - mean
+        grad_gamma = torch.addcmul(weight_share, grad_folded_b, centred).mul_(inv_std)
+    grad_b = grad_folded_b * scale if need_b else None
+    return grad_b, grad_gamma, (grad_folded_b if need_beta else None)
 
 
 def unfold_bn(

@@ -8,14 +8,22 @@ picks the cheaper one per call; each has its own backward helper below.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .autocast import autocast_off
-from .fold import as_dtype, bn_transform, bn_transform_backward, fold_bn, fold_dtype
+from .fold import (
+    as_dtype,
+    channel_dot,
+    fold_bias_backward,
+    fold_bn,
+    fold_dtype,
+    fold_weight,
+    fold_weight_backward,
+)
 from .ops import OpSpec, op_backward, op_forward, op_output_numel, output_shape, reduce_dims
 
 __all__ = ["TuneFunction", "choose_strategy", "tune_forward", "DOUBLE_BACKWARD_MESSAGE"]
@@ -117,114 +125,60 @@ class TuneFunction(torch.autograd.Function):
         return grads + (None,) * 6
 
 
-class _Fold(NamedTuple):
-    """Per-channel quantities of one backward, in the fold dtype."""
-
-    dtype: torch.dtype
-    gamma: Optional[Tensor]
-    running_var: Tensor
-    inv_std: Tensor
-    zeros: Tensor
-    eps: float
-
-
 def _backward(ctx: Any, grad_out: Tensor) -> Grads:
     """(dx, dW, db, dgamma, dbeta) of the tune function, each only where autograd asks."""
     x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
     need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
     dtype = fold_dtype(weight.dtype)
-    var = as_dtype(running_var, dtype)
-    inv_std = torch.rsqrt(var + ctx.eps)
-    fold = _Fold(dtype, as_dtype(gamma, dtype), var, inv_std, torch.zeros_like(var), ctx.eps)
+    inv_std = torch.rsqrt(as_dtype(running_var, dtype) + ctx.eps)
+    scale = inv_std if gamma is None else as_dtype(gamma, dtype) * inv_std
     need = (need_x, need_w, need_gamma, need_b or need_beta or need_gamma)
     by_strategy = _backward_output if ctx.strategy == "output" else _backward_weight
-    grad_x, grad_w, weight_share, grad_folded_b = by_strategy(
-        ctx.spec, grad_out, x, weight, fold, ctx.compute_dtype, need
+    grad_x, grad_w, weight_share, grad_folded_b = by_strategy(ctx.spec, grad_out, x, weight, scale, need)
+    grad_b, grad_gamma, grad_beta = fold_bias_backward(
+        grad_folded_b, bias, running_mean, weight_share, inv_std, scale, (need_b, need_gamma, need_beta)
     )
-    grad_b = grad_gamma = grad_beta = None
-    if grad_folded_b is not None:
-        grad_b, bias_share, grad_beta = bn_transform_backward(
-            grad_folded_b,
-            fold.zeros if bias is None else bias,
-            fold.gamma,
-            as_dtype(running_mean, dtype),
-            var,
-            inv_std,
-            ctx.eps,
-            (need_b, need_gamma, need_beta),
-        )
-        grad_gamma = as_dtype(weight_share + bias_share, gamma.dtype) if need_gamma else None
-        grad_beta = as_dtype(grad_beta, gamma.dtype) if need_beta else None
-        grad_b = as_dtype(grad_b, bias.dtype) if need_b else None
-    grad_w = as_dtype(grad_w, weight.dtype) if need_w else None
-    return as_dtype(grad_x, ctx.input_dtype), grad_w, grad_b, grad_gamma, grad_beta
+    return (
+        as_dtype(grad_x, ctx.input_dtype),
+        as_dtype(grad_w, weight.dtype),
+        None if bias is None else as_dtype(grad_b, bias.dtype),
+        None if gamma is None else as_dtype(grad_gamma, gamma.dtype),
+        None if gamma is None else as_dtype(grad_beta, gamma.dtype),
+    )
 
 
 def _backward_weight(
-    spec: OpSpec,
-    grad_out: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    fold: _Fold,
-    compute_dtype: torch.dtype,
-    need: Tuple[bool, bool, bool, bool],
+    spec: OpSpec, grad_out: Tensor, x: Tensor, weight: Tensor, scale: Tensor, need: Tuple[bool, ...]
 ) -> Grads:
-    """Strategy "weight": the operator's backward with the recomputed W' = W * s, then the fold's backward
-    turns dL/dW' into dL/dW and gamma's share. Returns (dx, dW, gamma's share from W, dL/db')."""
+    """Strategy "weight": the operator's backward with the recomputed W' = W * s, then back through the
+    fold. Returns (dx, dW, gamma's share from W, dL/db'), the last three in the fold dtype."""
     need_x, need_w, need_gamma, need_folded_b = need
-    folded_w = as_dtype(
-        bn_transform(weight, fold.gamma, None, fold.zeros, fold.running_var, fold.eps, fold.dtype),
-        compute_dtype,
-    )
+    folded_w = as_dtype(fold_weight(weight, scale), grad_out.dtype)
     grad_x, grad_folded_w, grad_folded_b = op_backward(
         spec, grad_out, x, folded_w, (need_x, need_w or need_gamma, need_folded_b)
     )
     grad_w = weight_share = None
     if grad_folded_w is not None:
-        grad_w, weight_share, _ = bn_transform_backward(
-            grad_folded_w,
-            weight,
-            fold.gamma,
-            fold.zeros,
-            fold.running_var,
-            fold.inv_std,
-            fold.eps,
-            (need_w, need_gamma, False),
-        )
+        grad_w, weight_share = fold_weight_backward(grad_folded_w, weight, scale, (need_w, need_gamma))
     return grad_x, grad_w, weight_share, grad_folded_b
 
 
 def _backward_output(
-    spec: OpSpec,
-    grad_out: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    fold: _Fold,
-    compute_dtype: torch.dtype,
-    need: Tuple[bool, bool, bool, bool],
+    spec: OpSpec, grad_out: Tensor, x: Tensor, weight: Tensor, scale: Tensor, need: Tuple[bool, ...]
 ) -> Grads:
-    """Strategy "output": d/dx and d/dW of (op(x, W) * s) are those of op(x, W) for the gradient g * s,
+    """Strategy "output": d/dx and d/dW of op(x, W) * s are those of op(x, W) for the gradient g * s,
     and d/dW is then already the weight's gradient. Returns (dx, dW, gamma's share from W, dL/db')."""
     need_x, need_w, need_gamma, need_folded_b = need
-    scale = fold.inv_std if fold.gamma is None else fold.gamma * fold.inv_std
     if need_gamma:
         # a zero s (gamma == 0) would lose dL/dW' for gamma's gradient: a tiny stand-in scale keeps it
         # recoverable, at a relative cost far below round-off
-        scale = torch.where(scale == 0, torch.finfo(fold.dtype).tiny ** 0.5, scale)
-    grad_x, grad_w, _ = op_backward(
-        spec,
-        grad_out * scale.view(output_shape(grad_out.dim())),
-        x,
-        weight,
-        (need_x, need_w or need_gamma, False),
-    )
+        scale = torch.where(scale == 0, torch.finfo(scale.dtype).tiny ** 0.5, scale)
+    scaled_grad = grad_out * scale.view(output_shape(grad_out.dim()))
+    grad_x, grad_w, _ = op_backward(spec, scaled_grad, x, weight, (need_x, need_w or need_gamma, False))
     grad_folded_b = grad_out.sum(reduce_dims(grad_out.dim())) if need_folded_b else None
     weight_share = None
     if need_gamma:  # grad_w is dL/dW' * s
-        _, weight_share, _ = bn_transform_backward(
-            grad_w, weight, None, fold.zeros, fold.running_var, fold.inv_std, fold.eps, (False, True, False)
-        )
-        weight_share = weight_share.div_(scale)
+        weight_share = channel_dot(grad_w, weight).div_(scale)
     return grad_x, grad_w, weight_share, grad_folded_b
 
 

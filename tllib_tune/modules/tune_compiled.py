@@ -1,28 +1,27 @@
 """Tune mode as torch.compile should see it: the fold in plain operations, recomputed in backward.
 
 Under ``torch.compile`` the Tune autograd function (:mod:`.tune`) is an opaque region to inductor: the fold
-and the elementwise tail around the convolution cannot fuse. This formulation writes the fold
-s = gamma / sqrt(running_var + eps), W' = W * s, b' = beta + (b - mean) * s as ordinary operations inside
-a non-reentrant :func:`torch.utils.checkpoint.checkpoint` region, which the compiler tags "must recompute":
-the partitioner then rebuilds W' from W in the backward graph instead of saving it, so the compiled step
-keeps what compiled Deploy keeps. Only :class:`.convbn.ConvBNBase` calls it, and only while compiling;
-eager Tune is untouched. The convolution (or linear map) itself stays outside the region, so its output
-is never recomputed.
+and the elementwise tail around the convolution cannot fuse. Here the fold (:func:`.fold.fold_bn`, in
+ordinary differentiable operations) runs inside a non-reentrant :func:`torch.utils.checkpoint.checkpoint`
+region, which the compiler tags "must recompute": the partitioner then rebuilds W' from W in the backward
+graph instead of saving it, so the compiled step keeps what compiled Deploy keeps. Only
+:class:`.convbn.ConvBNBase` calls it, and only while compiling; eager Tune is untouched. The convolution
+(or linear map) itself stays outside the region, so its output is never recomputed.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .autocast import autocast_dtype, autocast_off
-from .fold import as_dtype, bn_scale, channel_view, fold_dtype
+from .fold import as_dtype, fold_bn
 from .ops import OpSpec, op_forward
 
-__all__ = ["compiled_fold", "compiled_tune", "is_compiling"]
+__all__ = ["compiled_tune", "is_compiling"]
 
 
 def _is_compiling_function() -> Callable[[], bool]:
@@ -37,27 +36,6 @@ def _is_compiling_function() -> Callable[[], bool]:
 
 #: True while torch.compile traces the code that calls it (and False in eager code).
 is_compiling = _is_compiling_function()
-
-
-def compiled_fold(
-    weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    running_mean: Tensor,
-    running_var: Tensor,
-    eps: float,
-) -> Tuple[Tensor, Tensor]:
-    """(W', b') from differentiable operations, in the fold dtype (:func:`.fold.fold_dtype`): the same
-    function as :func:`.fold.fold_bn`, written so that a compiler can fuse and recompute it."""
-    dtype = fold_dtype(weight.dtype)
-    scale = bn_scale(gamma, running_var, eps, dtype)
-    folded_w = weight.to(dtype) * channel_view(scale, weight.dim())
-    mean = running_mean.to(dtype)
-    folded_b = (-mean if bias is None else bias.to(dtype) - mean) * scale
-    if beta is not None:
-        folded_b = folded_b + beta.to(dtype)
-    return folded_w, folded_b
 
 
 def compiled_tune(
@@ -75,7 +53,7 @@ def compiled_tune(
     the operator in the dtype autocast would choose, as eager Tune's "weight" strategy computes it."""
     compute_dtype = autocast_dtype(x)
     folded_w, folded_b = checkpoint(
-        compiled_fold, weight, bias, gamma, beta, running_mean, running_var, eps, use_reentrant=False
+        fold_bn, weight, bias, gamma, beta, running_mean, running_var, eps, use_reentrant=False
     )
     with autocast_off(x):
         x = as_dtype(x, compute_dtype)
