@@ -1,12 +1,22 @@
-"""Shared test helpers: random BatchNorm statistics, relative-error comparison, a tiny ConvBN net."""
+"""Shared test helpers: random BatchNorm statistics, relative-error comparison, a tiny ConvBN net; one
+CPU thread for the tests and every process they start."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-from torch import nn
+import os
 
-from tllib_tune.modules.convbn import ConvBN
+# One OpenMP thread here and in every subprocess (they inherit the environment): the tensors are tiny, and
+# with two threads on two cores any other busy process makes each op spin-wait. Measured on the 2-core
+# machine under load: a tiny examples/finetune.py run took 7 s at 1 thread and 57 s at 2.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tllib_tune.modules.convbn import ConvBN  # noqa: E402
+
+torch.set_num_threads(1)  # the variable comes too late for a torch imported before this file
 
 
 def randomize_bn_(bn: nn.modules.batchnorm._BatchNorm, generator: torch.Generator, wide: bool = True) -> None:

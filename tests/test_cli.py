@@ -97,7 +97,7 @@ def installed(tmp_path_factory) -> Path:
 
 def _clean_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="2", **extra)
+    env.update(OMP_NUM_THREADS="1", **extra)  # as tests/conftest.py: tiny runs, no spin-waiting
     return env
 
 

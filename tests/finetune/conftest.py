@@ -22,13 +22,22 @@ REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "examples" / "finetune.py"
 
 
+#: The session's synthetic set: 20 classes of 5 train + 5 test images (the default is 20 + 20), so that
+#: every epoch's evaluation reads 100 images, not 400. A run reads it with these reader options, which a
+#: config file beside the data (TESTS_CONFIG) gives the command line: `dataset_options` has no flag.
+SYNTHETIC_OPTIONS = {"images_per_class": 10}
+TESTS_CONFIG = "tests_synthetic.yaml"
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    """The synthetic set, generated once for every test (20 classes, 20 train + 20 test images each)."""
+    """The synthetic set, generated once for every test (SYNTHETIC_OPTIONS), with its config file."""
     from tllib_tune.datasets import get_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
-    get_dataset("synthetic", root, split="train")
+    get_dataset("synthetic", root, split="train", **SYNTHETIC_OPTIONS)
+    options = "".join(f"    {key}: {value}\n" for key, value in SYNTHETIC_OPTIONS.items())
+    (root / TESTS_CONFIG).write_text(f"dataset_options:\n  synthetic:\n{options}")
     return root
 
 
@@ -45,7 +54,8 @@ def backbone_file(tmp_path_factory) -> Path:
 
 
 def tiny_args(root: Path, log: Path, pretrained: Optional[Path] = None, **overrides) -> List[str]:
-    """Command-line flags for a run of a few seconds: resnet18 at 32 px, batch 4, 2 steps, 1 epoch."""
+    """Command-line flags for a run of a few seconds: resnet18 at 32 px, batch 4, 2 steps, 1 epoch; a
+    ``root`` holding the session's config file (:func:`synthetic_root` and copies of it) reads with it."""
     flags = {
         "--dataset": "synthetic",
         "--root": str(root),
@@ -62,6 +72,8 @@ def tiny_args(root: Path, log: Path, pretrained: Optional[Path] = None, **overri
     flags.update(
         {k if k.startswith("-") else "--" + k.replace("_", "-"): str(v) for k, v in overrides.items()}
     )
+    if (root / TESTS_CONFIG).is_file() and "--config" not in flags:
+        flags = {"--config": str(root / TESTS_CONFIG), **flags}
     args: List[str] = []
     for key, value in flags.items():
         if value is None:
@@ -73,7 +85,7 @@ def tiny_args(root: Path, log: Path, pretrained: Optional[Path] = None, **overri
 def subprocess_env(**extra: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env["OMP_NUM_THREADS"] = "1"  # as tests/conftest.py: tiny runs, no spin-waiting on busy cores
     env.update(extra)
     return env
 

@@ -3,7 +3,8 @@ from 1), eval == tune, plain progress lines without a terminal, exact resume, to
 equals one process's, the test and analysis phases from the checkpoint's settings, a class-folder tree,
 the quick start.
 
-Runs are tiny (resnet18 at 32 px, batch 4, a few steps) on the session's synthetic set.
+Runs are tiny (resnet18 at 32 px, batch 4, a few steps) on the session's synthetic set (20 classes x 5 train
++ 5 test images, conftest.SYNTHETIC_OPTIONS).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .conftest import (
     FINETUNE,
     MODES,
     REPO,
+    SYNTHETIC_OPTIONS,
     assert_ok,
     curve,
     records,
@@ -149,7 +151,7 @@ def test_val_ratio_selects_on_val_and_reports_test(synthetic_root, backbone_file
     result = run_finetune(tiny_args(synthetic_root, log, backbone_file, epochs=2, val_ratio=0.25))
     assert_ok(result)
     final = summary(log)
-    assert (final["train_size"], final["val_size"], final["test_size"]) == (300, 100, 400)
+    assert (final["train_size"], final["val_size"], final["test_size"]) == (75, 25, 100)
     epochs = records(log)
     assert all("val_acc1" in r and "test_acc1" not in r for r in epochs)  # no test figure during training
     best = max(range(2), key=lambda e: (epochs[e]["val_acc1"], -e))
@@ -177,16 +179,16 @@ def test_val_ratio_selects_on_val_and_reports_test(synthetic_root, backbone_file
     assert_ok(analysis)
     folder = log / "analysis"
     report = json.loads((folder / "summary.json").read_text())
-    assert report["images"] == 400 and report["test_acc1"] == pytest.approx(final["best_test_acc1"])
+    assert report["images"] == 100 and report["test_acc1"] == pytest.approx(final["best_test_acc1"])
     rows = (folder / "per_class.csv").read_text().splitlines()
     assert rows[0].startswith("label,class,images,correct,acc1") and len(rows) == 21
     per_class = [row.split(",") for row in rows[1:]]
-    assert sum(int(r[2]) for r in per_class) == 400 and all(int(r[2]) == 20 for r in per_class)
+    assert sum(int(r[2]) for r in per_class) == 100 and all(int(r[2]) == 5 for r in per_class)
     correct = sum(int(r[3]) for r in per_class)
-    assert 100 * correct / 400 == pytest.approx(final["best_test_acc1"])
+    assert 100 * correct / 100 == pytest.approx(final["best_test_acc1"])
     matrix = [line.split(",") for line in (folder / "confusion.csv").read_text().splitlines()[1:]]
     assert sum(int(matrix[i][i + 1]) for i in range(20)) == correct  # the diagonal
-    assert sum(int(v) for row in matrix for v in row[1:]) == 400
+    assert sum(int(v) for row in matrix for v in row[1:]) == 100
     mean = sum(float(r[4]) for r in per_class) / 20
     assert report["mean_class_acc1"] == pytest.approx(mean) and "mean per-class acc1" in analysis.stdout
 
@@ -344,7 +346,7 @@ def test_torchrun_loss_is_every_ranks_and_equals_one_process(synthetic_root, bac
     assert len(list((log / "tb").glob("events.out.tfevents.*"))) == 1
     final = summary(log)
     assert final["world_size"] == 2 and final["status"] == "completed"
-    assert final["test_size"] == 400  # the shards add up to the whole test split
+    assert final["test_size"] == 100  # the shards add up to the whole test split
     for tag in ("train/loss", "train/acc1", "val/loss"):
         assert torch.allclose(curve(log, tag), curve(single, tag), rtol=1e-5, atol=1e-6), tag
     ddp, one = records(log), records(single)
@@ -359,8 +361,8 @@ def test_a_class_folder_tree_fine_tunes(synthetic_root, tmp_path):
 
     root = tmp_path / "folders"
     for split, folder in (("train", "train"), ("test", "val")):
-        dataset = get_dataset("synthetic", synthetic_root, split=split)
-        for path, label in dataset.samples[::4]:  # 5 images per class and split
+        dataset = get_dataset("synthetic", synthetic_root, split=split, **SYNTHETIC_OPTIONS)
+        for path, label in dataset.samples:  # 5 images per class and split
             target = root / folder / dataset.classes[label] / Path(path).name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(path, target)
@@ -396,7 +398,8 @@ def test_quick_start_says_what_it_does(synthetic_root, tmp_path, capsys):
     log = str(tmp_path / "q")
     tiny = "--epochs 1 -i 1 --input-size 32 -b 4 --mode-schedule train:0-1 -j 0".split()
     flags = ["--quick-start", "--root", str(synthetic_root), "--log", log, *tiny]
-    config = dataclasses.replace(parse_config(flags), dataset_options={})  # the session's smaller set
+    # the session's smaller set
+    config = dataclasses.replace(parse_config(flags), dataset_options={"synthetic": SYNTHETIC_OPTIONS})
     final = runner.Runner(config).run()
     out = capsys.readouterr().out
     assert "Quick start (offline): a synthetic fine-grained data set" in out

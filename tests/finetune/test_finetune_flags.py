@@ -17,7 +17,17 @@ import torch
 
 from tllib_tune.finetune import FinetuneConfig, Hook, Runner
 
-from .conftest import MODE_RUN, MODES, assert_ok, curve, records, run_finetune, summary, tiny_args
+from .conftest import (
+    MODE_RUN,
+    MODES,
+    SYNTHETIC_OPTIONS,
+    assert_ok,
+    curve,
+    records,
+    run_finetune,
+    summary,
+    tiny_args,
+)
 
 
 def activations(log) -> list:
@@ -92,7 +102,7 @@ def test_every_flag_composes_with_every_mode(mode, synthetic_root, tmp_path):
         batch_size=2, grad_accum_steps=2, epochs=2, iters_per_epoch=2, workers=0, device="cpu",
         mode=mode, log=str(tmp_path / mode), sched="cosine", warmup_epochs=1, label_smoothing=0.1,
         grad_checkpointing=True, save_every=1, compile=True, compile_backend="aot_eager", lr=0.01,
-        progress_interval=3600,
+        progress_interval=3600, dataset_options={"synthetic": SYNTHETIC_OPTIONS},
     )  # fmt: skip
     watch = _Watch()
     final = Runner(config, hooks=[watch], say=lambda line: None).run()
