@@ -28,7 +28,9 @@ from torch import Tensor
 __all__ = [
     "fold_dtype",
     "as_dtype",
+    "bn_inv_std",
     "bn_scale",
+    "scale_of",
     "fold_bias",
     "fold_bn",
     "fold_weight",
@@ -60,18 +62,31 @@ def channel_view(t: Tensor, ndim: int) -> Tensor:
 _WEIGHT_SHAPES = [(-1,)] + [(-1,) + (1,) * (n - 1) for n in range(1, 6)]
 
 
+def bn_inv_std(running_var: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    """1 / sqrt(running_var + eps) per channel, in ``dtype``."""
+    return torch.rsqrt(as_dtype(running_var, dtype) + eps)
+
+
 def bn_scale(gamma: Optional[Tensor], running_var: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
     """The per-channel scale s = gamma / sqrt(running_var + eps) in ``dtype`` (gamma None: 1)."""
-    inv_std = torch.rsqrt(as_dtype(running_var, dtype) + eps)
-    return inv_std if gamma is None else as_dtype(gamma, dtype) * inv_std
+    return scale_of(gamma, bn_inv_std(running_var, eps, dtype))
+
+
+def scale_of(gamma: Optional[Tensor], inv_std: Tensor) -> Tensor:
+    """s = gamma * inv_std in ``inv_std``'s dtype (gamma None: inv_std)."""
+    return inv_std if gamma is None else as_dtype(gamma, inv_std.dtype) * inv_std
+
+
+def _centred_bias(bias: Optional[Tensor], running_mean: Tensor, dtype: torch.dtype) -> Tensor:
+    """b - running_mean in ``dtype`` (b None: 0)."""
+    mean = as_dtype(running_mean, dtype)
+    return -mean if bias is None else as_dtype(bias, dtype) - mean
 
 
 def fold_bias(bias: Optional[Tensor], beta: Optional[Tensor], running_mean: Tensor, scale: Tensor) -> Tensor:
     """The folded bias b' = beta + (b - running_mean) * s, in ``scale``'s dtype (b None: 0, beta None: 0)."""
-    dtype = scale.dtype
-    mean = as_dtype(running_mean, dtype)
-    centred = -mean if bias is None else as_dtype(bias, dtype) - mean
-    return centred * scale if beta is None else torch.addcmul(as_dtype(beta, dtype), centred, scale)
+    centred = _centred_bias(bias, running_mean, scale.dtype)
+    return centred * scale if beta is None else torch.addcmul(as_dtype(beta, scale.dtype), centred, scale)
 
 
 def fold_bn(
@@ -135,8 +150,7 @@ def fold_bias_backward(
     grad_folded_b = as_dtype(grad_folded_b, dtype)
     grad_gamma = None
     if need_gamma:
-        mean = as_dtype(running_mean, dtype)
-        centred = -mean if bias is None else as_dtype(bias, dtype) - mean
+        centred = _centred_bias(bias, running_mean, dtype)
         grad_gamma = torch.addcmul(weight_share, grad_folded_b, centred).mul_(inv_std)
     grad_b = grad_folded_b * scale if need_b else None
     return grad_b, grad_gamma, (grad_folded_b if need_beta else None)
@@ -181,6 +195,4 @@ def unfold_bn_beta(
     """
     dtype = fold_dtype(folded_bias.dtype)
     scale = bn_scale(gamma, running_var, eps, dtype)
-    mean = running_mean.to(dtype)
-    centred = -mean if bias is None else bias.to(dtype) - mean
-    return folded_bias.to(dtype) - centred * scale
+    return folded_bias.to(dtype) - _centred_bias(bias, running_mean, dtype) * scale

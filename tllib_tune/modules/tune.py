@@ -17,12 +17,14 @@ from torch import Tensor
 from .autocast import autocast_off
 from .fold import (
     as_dtype,
+    bn_inv_std,
     channel_dot,
     fold_bias_backward,
     fold_bn,
     fold_dtype,
     fold_weight,
     fold_weight_backward,
+    scale_of,
 )
 from .ops import OpSpec, op_backward, op_forward, op_output_numel, output_shape, reduce_dims
 
@@ -130,8 +132,8 @@ def _backward(ctx: Any, grad_out: Tensor) -> Grads:
     x, weight, bias, gamma, running_mean, running_var = ctx.saved_tensors
     need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
     dtype = fold_dtype(weight.dtype)
-    inv_std = torch.rsqrt(as_dtype(running_var, dtype) + ctx.eps)
-    scale = inv_std if gamma is None else as_dtype(gamma, dtype) * inv_std
+    inv_std = bn_inv_std(running_var, ctx.eps, dtype)
+    scale = scale_of(gamma, inv_std)
     need = (need_x, need_w, need_gamma, need_b or need_beta or need_gamma)
     by_strategy = _backward_output if ctx.strategy == "output" else _backward_weight
     grad_x, grad_w, weight_share, grad_folded_b = by_strategy(ctx.spec, grad_out, x, weight, scale, need)
