@@ -7,16 +7,13 @@ import csv
 
 import pytest
 import torch
-from torch import nn
 
 from tests.benchmark.test_benchmark import _run
 from tests.conftest import rel_err
 from tllib_tune import set_mode
 from tllib_tune.benchmark import peers
-from tllib_tune.benchmark.checkpointing import PeakSavedMeter, checkpointed_stages
 from tllib_tune.benchmark.measure import Net, _realistic_bn_
 from tllib_tune.models import get_model
-from tllib_tune.utils.memory import SavedTensorMeter
 
 PEERS = "eval,tune,deploy,compiled-pass,compiled-eval,compiled-tune,compiled-deploy,eval+ckpt,tune+ckpt"
 
@@ -67,32 +64,3 @@ def test_compile_problem_names_the_missing_compiler(monkeypatch):
         "tune",
         "tune",
     ]
-
-
-def _chain() -> nn.Module:
-    torch.manual_seed(0)
-    stage = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh())
-    return nn.Sequential(nn.Linear(4, 8), nn.Sequential(*stage), nn.Linear(8, 2)).double()
-
-
-def test_peak_meter_counts_recomputation_and_checkpointing_keeps_stage_inputs():
-    model = _chain()
-    x = torch.randn(3, 4, dtype=torch.float64)
-    with SavedTensorMeter(exclude=[model]) as forward:
-        model(x).sum()
-    with PeakSavedMeter(exclude=(model,)) as peak:
-        model(x).sum().backward()
-    assert peak.peak == forward.bytes and peak.live == 0  # nothing is freed before backward starts
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    with checkpointed_stages(model) as stages, PeakSavedMeter(exclude=(model,)) as ckpt:
-        with SavedTensorMeter(exclude=[model]) as ckpt_forward:
-            out = model(x)
-        out.sum().backward()
-    assert stages == [model[1]] and "forward" not in vars(model[1])  # restored afterwards
-    for p, g in zip(model.parameters(), grads):
-        assert rel_err(p.grad, g) < 1e-12
-    row = 3 * 8 * 8  # one [3, 8] float64 activation
-    # kept: x, the stage's input, its output (saved by the last Linear); dropped: the tanh inside
-    assert ckpt_forward.bytes == 3 * 4 * 8 + 2 * row and forward.bytes == ckpt_forward.bytes + row
-    assert ckpt.peak > ckpt_forward.bytes and ckpt.live == 0

@@ -38,13 +38,13 @@ def _step(model: nn.Module, x: torch.Tensor):
     return loss.detach(), x.grad, grads, meter.bytes
 
 
-@pytest.mark.parametrize("mode", ["tune", "eval"])
-def test_checkpointed_stages_give_the_plain_gradients_with_less_memory(mode):
+@pytest.mark.parametrize("mode,reentrant", [("tune", False), ("eval", False), ("tune", True)])
+def test_checkpointed_stages_give_the_plain_gradients_with_less_memory(mode, reentrant):
     model = _resnet(mode)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     keys = list(model.state_dict())
     loss, x_grad, grads, plain_bytes = _step(model, x)
-    assert enable_grad_checkpointing(model) == 4  # layer1 ... layer4
+    assert enable_grad_checkpointing(model, use_reentrant=reentrant) == 4  # layer1 ... layer4
     assert enable_grad_checkpointing(model) == 4 and list(model.state_dict()) == keys  # idempotent, same keys
     c_loss, c_x_grad, c_grads, checkpointed_bytes = _step(model, x)
     assert torch.equal(c_loss, loss)
@@ -78,8 +78,8 @@ def test_the_stages_of_other_models_are_found():
         enable_grad_checkpointing(nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("mode", ["train", "inplace-abn"])
-def test_batch_statistics_update_the_running_ones_once(mode):
+@pytest.mark.parametrize("mode,reentrant", [("train", False), ("inplace-abn", False), ("train", True)])
+def test_batch_statistics_update_the_running_ones_once(mode, reentrant):
     """Train mode and In-Place ABN update running statistics in the forward: the recomputation for
     backward must not update them a second time."""
     from tllib_tune.modules.inplace_abn import convert_to_inplace_abn
@@ -87,7 +87,7 @@ def test_batch_statistics_update_the_running_ones_once(mode):
     plain, checkpointed = _resnet("train"), _resnet("train")
     if mode == "inplace-abn":
         plain, checkpointed = convert_to_inplace_abn(plain), convert_to_inplace_abn(checkpointed)
-    enable_grad_checkpointing(checkpointed)
+    enable_grad_checkpointing(checkpointed, use_reentrant=reentrant)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     loss, x_grad, grads, _ = _step(plain, x)
     c_loss, c_x_grad, c_grads, _ = _step(checkpointed, x)

@@ -7,7 +7,8 @@ from torch import nn
 
 from tests.conftest import randomize_all_bn_
 from tllib_tune import ConvBN, set_mode
-from tllib_tune.utils.memory import SavedTensorMeter, activation_bytes
+from tllib_tune.utils.checkpointing import disable_grad_checkpointing, enable_grad_checkpointing
+from tllib_tune.utils.memory import PeakSavedMeter, SavedTensorMeter, activation_bytes
 
 
 def test_meter_counts_distinct_storages_and_skips_parameters():
@@ -42,3 +43,43 @@ def test_stack_of_ten_blocks_tune_memory_equals_deploy_and_halves_eval():
     assert figures["eval"] == x.numel() * 4 + 20 * feature_map
     assert figures["tune"] <= 1.01 * figures["deploy"]
     assert figures["tune"] <= 0.51 * figures["eval"]
+
+
+class _Staged(nn.Module):
+    """x -> Linear -> one stage (Linear, Tanh, Linear, Tanh) -> Linear, float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(4, 8)
+        self.stages = nn.Sequential(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh()))
+        self.head = nn.Linear(8, 2)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+def test_peak_meter_counts_recomputation_and_reentrant_checkpointing_keeps_stage_inputs():
+    model = _Staged()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with SavedTensorMeter(exclude=[model]) as forward:
+        model(x).sum()
+    with PeakSavedMeter(exclude=(model,)) as peak:
+        model(x).sum().backward()
+    assert peak.peak == forward.bytes and peak.live == 0  # nothing is freed before backward starts
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    assert enable_grad_checkpointing(model, use_reentrant=True) == 1
+    with PeakSavedMeter(exclude=(model,)) as ckpt:
+        with SavedTensorMeter(exclude=[model]) as ckpt_forward:
+            out = model(x)
+        out.sum().backward()
+    assert disable_grad_checkpointing(model) == 1 and "forward" not in vars(model.stages[0])
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=0)
+    row = 3 * 8 * 8  # one [3, 8] float64 activation
+    # kept: x, the stage's input, its output (saved by the last Linear); dropped: the tanh inside
+    assert ckpt_forward.bytes == 3 * 4 * 8 + 2 * row and forward.bytes == ckpt_forward.bytes + row
+    # the recomputation ran under the meter's hooks: more was live then than the forward kept
+    assert ckpt.peak > ckpt_forward.bytes and ckpt.live == 0

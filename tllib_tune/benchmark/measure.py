@@ -8,8 +8,9 @@ per iteration (fresh memory pages the OS had to map: on the CPU a large share of
 
 Besides the blocks' own modes the run can hold what users would pick instead (:mod:`.peers`):
 torch.compile variants, each compiled right before its setting is measured (its first iteration timed
-apart as compile time), and checkpointing per stage (:mod:`.checkpointing`). For every mode the step's
-peak of live saved tensors is counted as well (recomputation included).
+apart as compile time), and checkpointing per stage (:mod:`tllib_tune.utils.checkpointing`, in its
+reentrant form). For every mode the step's peak of live saved tensors is counted as well (recomputation
+included).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from torch import nn
 from .. import ConvBN, Mode, set_mode
 from ..engine import amp_dtype
 from ..models import get_model
+from ..utils.checkpointing import backbone_stages, disable_grad_checkpointing, enable_grad_checkpointing
 from ..utils.feature_maps import batch_statistics_problem
-from ..utils.memory import SavedTensorMeter
-from .checkpointing import PeakSavedMeter, backbone_stages, checkpointed_stages
+from ..utils.memory import PeakSavedMeter, SavedTensorMeter
 from .peers import (
     COMPILED_MODES,
     PEER_MODES,
@@ -107,7 +108,7 @@ class Result:
     activation_bytes: int = 0
     peak_bytes: Optional[int] = None
     page_faults: List[int] = field(default_factory=list)
-    #: The step's largest live total of saved tensors (see :class:`.checkpointing.PeakSavedMeter`).
+    #: The step's largest live total of saved tensors (see :class:`tllib_tune.utils.memory.PeakSavedMeter`).
     peak_saved_bytes: Optional[int] = None
     #: Compiled modes: seconds of the first iteration, which compiles forward and backward.
     first_s: Optional[float] = None
@@ -186,7 +187,6 @@ class IterationBenchmark:
             self.models["convbn"] = base
         self._blocks = [m for m in base.modules() if isinstance(m, ConvBN)]
         self._override: Optional[str] = None  # "keep-folded" or "ckpt": a forward swapped in
-        self._stages: Optional[contextlib.ExitStack] = None
         self.compiled: Dict[str, nn.Module] = {}
         self._graphs = 0
         if any("+" in m for m in settings.modes):
@@ -245,13 +245,12 @@ class IterationBenchmark:
             for block in self._blocks:
                 del block.forward
         elif self._override == "ckpt":
-            self._stages.close()
+            disable_grad_checkpointing(model.backbone)
         if override == "keep-folded":
             for block in self._blocks:  # an instance attribute, found before the class's forward
                 block.forward = functools.partial(keep_folded_forward, block)
         elif override == "ckpt":
-            self._stages = contextlib.ExitStack()
-            self._stages.enter_context(checkpointed_stages(model.backbone))
+            enable_grad_checkpointing(model.backbone, use_reentrant=True)  # recomputes under the step's hooks
         self._override = override
 
     def _sync(self) -> None:

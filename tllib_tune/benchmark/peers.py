@@ -1,6 +1,6 @@
 """What users would pick instead of Tune, as benchmark modes: torch.compile (with PyTorch's own Conv-BN
 fold, the ``efficient_conv_bn_eval`` pass, on torchvision's model; or on ours in eval, tune, deploy) and
-activation checkpointing per stage (:mod:`.checkpointing`).
+activation checkpointing per stage (:mod:`tllib_tune.utils.checkpointing`).
 
 Every compiled variant is compiled in a clean state for each (batch size, input size): dynamo's caches
 are reset, inductor's FX graph cache and AOTAutograd's cache are off and the cache directory is a fresh

@@ -1,4 +1,5 @@
-"""Activation memory: the bytes a forward pass keeps alive for backward.
+"""Activation memory: the bytes a forward pass keeps alive for backward (:class:`SavedTensorMeter`), and
+the largest live total of them over a whole step, recomputation included (:class:`PeakSavedMeter`).
 
 Counted as distinct tensor storages handed to autograd's saved-tensor hooks, excluding the storages
 of the model's own parameters and buffers. The figure is exact and the same on every machine, which is
@@ -7,12 +8,19 @@ why tests may assert it while times are only ever reported by the benchmark.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SavedTensorMeter", "activation_bytes", "excluded_storages", "storage_key", "MIB"]
+__all__ = [
+    "SavedTensorMeter",
+    "PeakSavedMeter",
+    "activation_bytes",
+    "excluded_storages",
+    "storage_key",
+    "MIB",
+]
 
 MIB = 1024**2
 
@@ -103,3 +111,67 @@ def activation_bytes(
         if loss.requires_grad:
             loss.backward()
     return meter.bytes
+
+
+class _Held:
+    """What the pack hook hands autograd: the tensor, and a callback when autograd lets go of it."""
+
+    __slots__ = ("tensor", "key", "meter")
+
+    def __init__(self, tensor: Tensor, key: Optional[Tuple[Any, ...]], meter: PeakSavedMeter) -> None:
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self) -> None:
+        if self.key is not None:
+            self.meter._release(self.key)
+
+
+class PeakSavedMeter:
+    """The largest live total of distinct storages saved for backward over a whole step (forward,
+    backward, and any recomputation that runs with the hooks in force), parameters' storages excluded.
+
+    A storage counts from the first time autograd saves a tensor on it until the last saved tensor on it
+    is released (backward frees a node's saved tensors once the node has run). Exact for what autograd
+    saves; it does not count gradients, the gradient flowing between nodes, or an operator's scratch
+    memory, which CUDA's max allocated includes. Use it around forward *and* backward.
+    """
+
+    def __init__(self, exclude: Tuple[nn.Module, ...] = ()) -> None:
+        self._excluded = excluded_storages(exclude)
+        self._counts: Dict[Tuple[Any, ...], int] = {}
+        self._sizes: Dict[Tuple[Any, ...], int] = {}
+        self.live = 0
+        self.peak = 0
+        self._hooks: Optional[torch.autograd.graph.saved_tensors_hooks] = None
+
+    def _pack(self, t: Tensor) -> _Held:
+        found = storage_key(t)  # no storage (fake tensors): None
+        key: Optional[Tuple[Any, ...]] = found[:2] if found is not None else None
+        if key is not None and (key in self._excluded or key[1] == 0):
+            key = None
+        if key is not None:
+            count = self._counts.get(key, 0)
+            if count == 0:
+                self._sizes[key] = found[2]
+                self.live += found[2]
+                self.peak = max(self.peak, self.live)
+            self._counts[key] = count + 1
+        return _Held(t, key, self)
+
+    def _release(self, key: Tuple[Any, ...]) -> None:
+        count = self._counts.get(key, 0) - 1
+        if count > 0:
+            self._counts[key] = count
+        elif count == 0:
+            del self._counts[key]
+            self.live -= self._sizes.pop(key)
+
+    def __enter__(self) -> PeakSavedMeter:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._hooks is not None
+        self._hooks.__exit__(*exc)
+        self._hooks = None
