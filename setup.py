@@ -41,7 +41,7 @@ setup(
         "PyYAML",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "matplotlib"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "matplotlib"],
         "plot": ["matplotlib"],
     },
     license="MIT",
