@@ -60,7 +60,7 @@ def test_front_page_is_short_and_keeps_the_ci_test_command():
     command = subprocess.run(["bash", "-c", awk], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert (
         command.strip()
-        == 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest -q'
+        == 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest -q -n 2 --dist loadfile'
     )
 
 
