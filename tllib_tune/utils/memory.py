@@ -48,6 +48,20 @@ def excluded_storages(exclude: Iterable[Any]) -> set:
     return excluded
 
 
+def _enter_hooks(meter: Any) -> Any:
+    """Install ``meter._pack`` / ``meter._unpack`` as autograd's saved-tensor hooks (what both meters'
+    ``__enter__`` does); returns the meter."""
+    meter._hooks = torch.autograd.graph.saved_tensors_hooks(meter._pack, meter._unpack)
+    meter._hooks.__enter__()
+    return meter
+
+
+def _exit_hooks(meter: Any, exc: Tuple[Any, ...]) -> None:
+    assert meter._hooks is not None
+    meter._hooks.__exit__(*exc)
+    meter._hooks = None
+
+
 class SavedTensorMeter:
     """Context manager that sums the bytes of distinct storages saved for backward.
 
@@ -72,16 +86,15 @@ class SavedTensorMeter:
             self._storages[key[:2]] = key[2]
         return t
 
+    def _unpack(self, t: Tensor) -> Tensor:
+        return t
+
     def __enter__(self) -> SavedTensorMeter:
         self._storages.clear()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
+        return _enter_hooks(self)
 
     def __exit__(self, *exc: Any) -> None:
-        assert self._hooks is not None
-        self._hooks.__exit__(*exc)
-        self._hooks = None
+        _exit_hooks(self, exc)
 
     @property
     def bytes(self) -> int:
@@ -166,12 +179,11 @@ class PeakSavedMeter:
             del self._counts[key]
             self.live -= self._sizes.pop(key)
 
+    def _unpack(self, held: _Held) -> Tensor:
+        return held.tensor
+
     def __enter__(self) -> PeakSavedMeter:
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
-        self._hooks.__enter__()
-        return self
+        return _enter_hooks(self)
 
     def __exit__(self, *exc: Any) -> None:
-        assert self._hooks is not None
-        self._hooks.__exit__(*exc)
-        self._hooks = None
+        _exit_hooks(self, exc)
