@@ -48,21 +48,39 @@ def excluded_storages(exclude: Iterable[Any]) -> set:
     return excluded
 
 
-def _enter_hooks(meter: Any) -> Any:
-    """Install ``meter._pack`` / ``meter._unpack`` as autograd's saved-tensor hooks (what both meters'
-    ``__enter__`` does); returns the meter."""
-    meter._hooks = torch.autograd.graph.saved_tensors_hooks(meter._pack, meter._unpack)
-    meter._hooks.__enter__()
-    return meter
+class _SavedTensorHooks:
+    """What both meters share: within the context, autograd hands every tensor it saves to ``_pack`` and
+    takes it back through ``_unpack``; :meth:`_activation` says whether a tensor counts."""
+
+    def __init__(self, exclude: Iterable[Any]) -> None:
+        self._excluded = excluded_storages(exclude)
+        self._hooks: Optional[torch.autograd.graph.saved_tensors_hooks] = None
+
+    def _activation(self, t: Tensor) -> Optional[Tuple[Tuple[Any, ...], int]]:
+        """(storage key, bytes) of ``t``'s storage, or None for a parameter's, an empty one or none."""
+        found = storage_key(t)  # no storage (fake tensors): None
+        if found is None or found[:2] in self._excluded or found[1] == 0:
+            return None
+        return found[:2], found[2]
+
+    def _pack(self, t: Tensor) -> Any:
+        raise NotImplementedError
+
+    def _unpack(self, packed: Any) -> Tensor:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._hooks is not None
+        self._hooks.__exit__(*exc)
+        self._hooks = None
 
 
-def _exit_hooks(meter: Any, exc: Tuple[Any, ...]) -> None:
-    assert meter._hooks is not None
-    meter._hooks.__exit__(*exc)
-    meter._hooks = None
-
-
-class SavedTensorMeter:
+class SavedTensorMeter(_SavedTensorHooks):
     """Context manager that sums the bytes of distinct storages saved for backward.
 
     Args:
@@ -76,14 +94,13 @@ class SavedTensorMeter:
     """
 
     def __init__(self, exclude: Iterable[Any] = ()) -> None:
-        self._excluded = excluded_storages(exclude)
+        super().__init__(exclude)
         self._storages: Dict[tuple, int] = {}
-        self._hooks: Optional[torch.autograd.graph.saved_tensors_hooks] = None
 
     def _pack(self, t: Tensor) -> Tensor:
-        key = storage_key(t)
-        if key is not None and key[:2] not in self._excluded and key[1] != 0:
-            self._storages[key[:2]] = key[2]
+        found = self._activation(t)
+        if found is not None:
+            self._storages[found[0]] = found[1]
         return t
 
     def _unpack(self, t: Tensor) -> Tensor:
@@ -91,10 +108,7 @@ class SavedTensorMeter:
 
     def __enter__(self) -> SavedTensorMeter:
         self._storages.clear()
-        return _enter_hooks(self)
-
-    def __exit__(self, *exc: Any) -> None:
-        _exit_hooks(self, exc)
+        return super().__enter__()
 
     @property
     def bytes(self) -> int:
@@ -139,7 +153,7 @@ class _Held:
             self.meter._release(self.key)
 
 
-class PeakSavedMeter:
+class PeakSavedMeter(_SavedTensorHooks):
     """The largest live total of distinct storages saved for backward over a whole step (forward,
     backward, and any recomputation that runs with the hooks in force), parameters' storages excluded.
 
@@ -150,25 +164,23 @@ class PeakSavedMeter:
     """
 
     def __init__(self, exclude: Tuple[nn.Module, ...] = ()) -> None:
-        self._excluded = excluded_storages(exclude)
+        super().__init__(exclude)
         self._counts: Dict[Tuple[Any, ...], int] = {}
         self._sizes: Dict[Tuple[Any, ...], int] = {}
         self.live = 0
         self.peak = 0
-        self._hooks: Optional[torch.autograd.graph.saved_tensors_hooks] = None
 
     def _pack(self, t: Tensor) -> _Held:
-        found = storage_key(t)  # no storage (fake tensors): None
-        key: Optional[Tuple[Any, ...]] = found[:2] if found is not None else None
-        if key is not None and (key in self._excluded or key[1] == 0):
-            key = None
-        if key is not None:
-            count = self._counts.get(key, 0)
-            if count == 0:
-                self._sizes[key] = found[2]
-                self.live += found[2]
-                self.peak = max(self.peak, self.live)
-            self._counts[key] = count + 1
+        found = self._activation(t)
+        if found is None:
+            return _Held(t, None, self)
+        key, nbytes = found
+        count = self._counts.get(key, 0)
+        if count == 0:
+            self._sizes[key] = nbytes
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        self._counts[key] = count + 1
         return _Held(t, key, self)
 
     def _release(self, key: Tuple[Any, ...]) -> None:
@@ -181,9 +193,3 @@ class PeakSavedMeter:
 
     def _unpack(self, held: _Held) -> Tensor:
         return held.tensor
-
-    def __enter__(self) -> PeakSavedMeter:
-        return _enter_hooks(self)
-
-    def __exit__(self, *exc: Any) -> None:
-        _exit_hooks(self, exc)
