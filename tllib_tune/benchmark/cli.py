@@ -88,9 +88,15 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--compile-backend",
+        choices=("inductor", "aot_eager"),
+        default="inductor",
+        help="torch.compile backend of the compiled modes (aot_eager: no code generation, for quick checks)",
+    )
 
 
-def _check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_common(parser: argparse.ArgumentParser, args: argparse.Namespace, modes: Sequence[str]) -> None:
     try:
         check_model(args.arch)
     except ValueError as exc:
@@ -101,6 +107,19 @@ def _check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         )
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads} (leave it out for torch's default)")
+    compiled = [m for m in modes if m in COMPILED_MODES]
+    problem = compile_problem(args.device) if compiled and args.compile_backend == "inductor" else None
+    if problem:
+        parser.error(f"--modes {','.join(compiled)}: {problem}; or leave the compiled modes out")
+
+
+def _benchmark_or_exit(parser: argparse.ArgumentParser, settings: BenchmarkSettings) -> IterationBenchmark:
+    """The benchmark for ``settings``, or exit 2 with one line where the model cannot run a mode."""
+    try:
+        return IterationBenchmark(settings)
+    except ValueError as exc:  # compiled-pass for an arch torchvision lacks, ckpt without stages
+        print_error(parser.prog, to_flags(str(exc), flag_names(parser)))
+        raise SystemExit(2) from None
 
 
 def benchmark_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -128,12 +147,6 @@ def benchmark_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--num-classes", type=int, default=200)
-    parser.add_argument(
-        "--compile-backend",
-        choices=("inductor", "aot_eager"),
-        default="inductor",
-        help="torch.compile backend of the compiled modes (aot_eager: no code generation, for quick checks)",
-    )
     parser.add_argument("--out", default="benchmarks/latest", help="directory for CSV, plot, TensorBoard")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG even if matplotlib is there")
     return parser
@@ -143,7 +156,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None)
     """The benchmark's command line, checked (exit 2 with one line on a bad value)."""
     parser = benchmark_parser(prog)
     args = parser.parse_args(argv)
-    _check_common(parser, args)
+    _check_common(parser, args, args.modes)
     if args.amp == "fp16" and not args.device.startswith("cuda"):
         parser.error("--amp fp16 needs --device cuda; on the CPU use --amp bf16 or none")
     if args.settings:
@@ -153,10 +166,6 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None)
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if args.num_classes < 1:
         parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
-    compiled = [m for m in args.modes if m in COMPILED_MODES]
-    problem = compile_problem(args.device) if compiled and args.compile_backend == "inductor" else None
-    if problem:
-        parser.error(f"--modes {','.join(compiled)}: {problem}; or leave the compiled modes out")
     return args
 
 
@@ -192,11 +201,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     args = parse_args(argv, prog)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        bench = IterationBenchmark(settings_from(args))
-    except ValueError as exc:  # compiled-pass for an arch torchvision lacks, ckpt without stages
-        print_error(parser.prog, to_flags(str(exc), flag_names(parser)))
-        return 2
+    bench = _benchmark_or_exit(parser, settings_from(args))
     problem = bench.batch_statistics_problem(
         args.batch_sizes, args.input_sizes, batch_arg="batch_sizes", input_arg="input_sizes"
     )
@@ -249,7 +254,7 @@ def parse_profile_args(
         parser.error(f"--modes {args.modes!r}: give two of {', '.join(ALL_MODES)}, comma-separated")
     if min(args.batch_size, args.input_size, args.iterations, args.top) < 1 or args.warmup < 0:
         parser.error("--batch-size, --input-size, --iterations and --top must be >= 1, --warmup >= 0")
-    _check_common(parser, args)
+    _check_common(parser, args, modes)
     args.modes = modes
     return args
 
@@ -260,15 +265,20 @@ def profile_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
     args = parse_profile_args(argv, prog)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench = IterationBenchmark(BenchmarkSettings(arch=args.arch, modes=args.modes, device=args.device))
+    settings = BenchmarkSettings(
+        arch=args.arch, modes=args.modes, device=args.device, compile_backend=args.compile_backend
+    )
+    bench = _benchmark_or_exit(parser, settings)
     problem = bench.batch_statistics_problem([args.batch_size], [args.input_size])
     if problem:
         print_error(parser.prog, to_flags(problem + _BATCH_STATISTICS_FIX, flag_names(parser)))
         return 2
-    stats = profile_modes(
-        bench, args.modes, batch_size=args.batch_size, input_size=args.input_size,
-        iterations=args.iterations, warmup=args.warmup,
-    )  # fmt: skip
+    compiled = any(m in COMPILED_MODES for m in args.modes)
+    with fresh_compile_state() if compiled else contextlib.nullcontext():
+        stats = profile_modes(
+            bench, args.modes, batch_size=args.batch_size, input_size=args.input_size,
+            iterations=args.iterations, warmup=args.warmup,
+        )  # fmt: skip
     print(
         f"{args.arch}, {args.batch_size} x {args.input_size}, {args.device}, "
         f"threads={torch.get_num_threads()}, {args.iterations} profiled iterations per mode\n"

@@ -328,25 +328,38 @@ class IterationBenchmark:
         self._check_no_recompile(results)
         return list(results.values())
 
-    def _compile(self, results: Dict[str, Result], x: torch.Tensor, y: torch.Tensor, progress: Any) -> None:
-        """Fresh compiled models for this setting, each compiled by its first iteration (timed), under
-        its own inductor settings (:func:`.peers.compile_settings`)."""
-        compiled = [m for m in results if m in COMPILED_MODES]
+    def compile(
+        self, modes: Sequence[str], x: torch.Tensor, y: torch.Tensor, progress: Any = None
+    ) -> Dict[str, float]:
+        """Fresh compiled models for the compiled ones among ``modes``, each compiled by its first
+        iteration on (x, y) under its own inductor settings (:func:`.peers.compile_settings`). Returns
+        each compiled mode's first iteration in seconds (compiling included); ``progress.update(1)`` is
+        called after each. Call it again for a new input shape."""
+        compiled = [m for m in modes if m in COMPILED_MODES]
         if not compiled:
-            return
-        settings = self.settings
+            return {}
         torch._dynamo.reset()
-        backend = settings.compile_backend
+        backend = self.settings.compile_backend
         keys = {_model_key(m) for m in compiled}
         self.compiled = {k: torch.compile(self.models[k], dynamic=False, backend=backend) for k in keys}
+        first = {}
         for mode in compiled:
             if mode != "compiled-pass":  # fill the blocks' lazily built caches first: no guard on them fails
                 self.model_for(mode)
                 with torch.no_grad():
                     self.models["convbn"](x)
             with compile_settings(mode):
-                results[mode].first_s = self.iteration(mode, x, y)
-            progress.update(1)
+                first[mode] = self.iteration(mode, x, y)
+            if progress is not None:
+                progress.update(1)
+        self._graphs = _compiled_graphs()
+        return first
+
+    def _compile(self, results: Dict[str, Result], x: torch.Tensor, y: torch.Tensor, progress: Any) -> None:
+        """:meth:`compile` for this setting's results: first iterations and notes on the pass."""
+        for mode, seconds in self.compile(list(results), x, y, progress).items():
+            results[mode].first_s = seconds
+        settings = self.settings
         if "compiled-pass" in results and not pass_available():
             results["compiled-pass"].note = (
                 f"torch {torch.__version__} lacks torch._inductor.config.efficient_conv_bn_eval_fx_passes: "
@@ -357,7 +370,6 @@ class IterationBenchmark:
                 f"backend {settings.compile_backend}: PyTorch's pass is inductor's, so compiled-pass ran "
                 "without it"
             )
-        self._graphs = _compiled_graphs()
 
     def _check_no_recompile(self, results: Dict[str, Result]) -> None:
         """Note on the compiled modes if anything compiled again after their first iterations."""
