@@ -23,7 +23,7 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -111,6 +111,12 @@ def _check_common(parser: argparse.ArgumentParser, args: argparse.Namespace, mod
     problem = compile_problem(args.device) if compiled and args.compile_backend == "inductor" else None
     if problem:
         parser.error(f"--modes {','.join(compiled)}: {problem}; or leave the compiled modes out")
+
+
+def _compile_state(modes: Sequence[str]) -> Any:
+    """For a run with compiled modes, inductor's persistent caches off and a fresh cache directory
+    (:func:`.peers.fresh_compile_state`); otherwise a context that does nothing."""
+    return fresh_compile_state() if any(m in COMPILED_MODES for m in modes) else contextlib.nullcontext()
 
 
 def _benchmark_or_exit(parser: argparse.ArgumentParser, settings: BenchmarkSettings) -> IterationBenchmark:
@@ -217,9 +223,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     compiled = sum(m in COMPILED_MODES for m in args.modes)
     total = len(settings) * ((args.warmup + args.repeats) * len(args.modes) + compiled)
     rows: List[dict] = []
-    caches = fresh_compile_state() if compiled else contextlib.nullcontext()
     with (
-        caches,
+        _compile_state(args.modes),
         progress_bar(total=total, desc=f"{args.arch} on {args.device}", unit="iter") as progress,
     ):
         for batch_size, input_size in settings:
@@ -273,8 +278,7 @@ def profile_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
     if problem:
         print_error(parser.prog, to_flags(problem + _BATCH_STATISTICS_FIX, flag_names(parser)))
         return 2
-    compiled = any(m in COMPILED_MODES for m in args.modes)
-    with fresh_compile_state() if compiled else contextlib.nullcontext():
+    with _compile_state(args.modes):
         stats = profile_modes(
             bench, args.modes, batch_size=args.batch_size, input_size=args.input_size,
             iterations=args.iterations, warmup=args.warmup,
