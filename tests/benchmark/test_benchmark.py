@@ -3,6 +3,7 @@ targets, keep-folded, the batch-statistics check."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import os
 import subprocess
@@ -14,7 +15,13 @@ import torch
 
 from tests.conftest import randomize_bn_, rel_err
 from tllib_tune import ConvBN
-from tllib_tune.benchmark import IterationBenchmark, fault_notes, format_targets, keep_folded_forward
+from tllib_tune.benchmark import (
+    IterationBenchmark,
+    fault_notes,
+    format_targets,
+    keep_folded_forward,
+    timing_order,
+)
 from tllib_tune.benchmark.cli import parse_args, settings_from
 from tllib_tune.models import get_model
 
@@ -116,7 +123,7 @@ def test_a_batch_of_one_1x1_map_fails_before_timing_in_batch_statistics_modes(tm
     assert problem.startswith("`batch_size` 1 at `input_size` 32: ") and "(inplace-abn mode)" in problem
 
 
-def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
+def test_timed_repeats_run_in_the_balanced_order(monkeypatch):
     modes = ["train", "tune", "deploy"]
     runner = _bench(
         [
@@ -146,7 +153,25 @@ def test_timed_repeats_alternate_the_order_of_the_modes(monkeypatch):
             pass
 
     runner.measure(2, 32, Progress())
-    assert timed == modes + modes[::-1] + modes
+    assert timed == ["train", "tune", "deploy", "tune", "deploy", "train", "deploy", "train", "tune"]
+    assert timed == timing_order(modes, 3)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 9])
+def test_timing_order_balances_places_and_predecessors(count):
+    modes = [f"m{i}" for i in range(count)]
+    cycle = count * (2 if count % 2 else 1)
+    order = timing_order(modes, 2 * cycle)
+    rounds = [order[i : i + count] for i in range(0, len(order), count)]
+    assert len(rounds) == 2 * cycle and all(sorted(r) == modes for r in rounds)  # every mode once a round
+    places = collections.Counter((mode, place) for r in rounds for place, mode in enumerate(r))
+    assert set(places.values()) == {2 * cycle // count}  # every mode in every place equally often
+    after = collections.Counter(pair for r in rounds for pair in zip(r, r[1:]))
+    if count > 1:  # every ordered pair of different modes, equally often; no mode after itself in a round
+        assert len(after) == count * (count - 1) and len(set(after.values())) == 1
+    # plain alternation (ABC CBA) fails this: the middle mode never follows itself, the end ones do
+    assert all(a != b for a, b in after)
+    assert timing_order(["a", "b"], 4) == ["a", "b", "b", "a", "a", "b", "b", "a"]  # ABBA
 
 
 def test_targets_summary_counts_the_settings_within_each_limit():

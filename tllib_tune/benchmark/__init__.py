@@ -10,6 +10,7 @@ from .measure import (
     IterationBenchmark,
     Result,
     keep_folded_forward,
+    timing_order,
 )
 from .profile import format_report, profile_modes
 from .report import fault_notes, format_table, format_targets, rows_for
@@ -21,6 +22,7 @@ __all__ = [
     "IterationBenchmark",
     "Result",
     "keep_folded_forward",
+    "timing_order",
     "rows_for",
     "format_table",
     "format_targets",

@@ -1,10 +1,12 @@
 """Measuring one fine-tuning iteration per mode: the model, the iteration, the interleaved timing.
 
 One iteration = forward of a zoo backbone plus a linear head, cross-entropy, backward, SGD step. For every
-(batch size, input size) the modes run interleaved, in alternating order repeat after repeat, so that
-drift hits them alike. Activation memory is the exact saved-for-backward byte count (parameters
-excluded); on CUDA the peak allocated memory is taken too, and everywhere the process's minor page faults
-per iteration (fresh memory pages the OS had to map: on the CPU a large share of the time).
+(batch size, input size) the modes run interleaved, in rounds of every mode whose order changes from one
+round to the next (:func:`timing_order`: each mode takes every place and follows every other mode equally
+often), so that neither drift nor the mode run just before hits one mode more than another. Activation
+memory is the exact saved-for-backward byte count (parameters excluded); on CUDA the peak allocated memory
+is taken too, and everywhere the process's minor page faults per iteration (fresh memory pages the OS had
+to map: on the CPU a large share of the time).
 
 Besides the blocks' own modes the run can hold what users would pick instead (:mod:`.peers`):
 torch.compile variants, each compiled right before its setting is measured (its first iteration timed
@@ -53,6 +55,7 @@ __all__ = [
     "keep_folded_forward",
     "minor_page_faults",
     "timing_environment",
+    "timing_order",
 ]
 
 #: The ConvBN blocks' own modes.
@@ -117,6 +120,32 @@ class Result:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+
+def timing_order(modes: Sequence[str], repeats: int) -> List[str]:
+    """The order of the timed iterations: ``repeats`` rounds, each running every mode once.
+
+    On a shared CPU the iteration run just before can move a mode's time by several per cent (here Tune
+    right after Eval ran 3 and 12 % slower than right after Deploy, in two runs). Plain alternation
+    (ABC CBA ...) is unfair to the middle modes: the first and last follow themselves half the time,
+    the others never. So the rounds are the rows of a Williams design (the balanced Latin square of
+    crossover trials): over every ``len(modes)`` rounds (twice that for an odd count) each mode takes
+    every place in the round equally often and, inside the rounds, follows every other mode equally
+    often. For two modes it is ABBA.
+    """
+    count = len(modes)
+    first = [0]  # 0, 1, n-1, 2, n-2, ...: the differences of neighbours take every value once
+    low, high = 1, count - 1
+    while len(first) < count:
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    rows = [[(label + shift) % count for label in first] for shift in range(count)]
+    if count % 2:  # an odd count needs the mirrored square too
+        rows += [row[::-1] for row in rows]
+    return [modes[label] for r in range(repeats) for label in rows[r % len(rows)]]
 
 
 def minor_page_faults() -> Optional[int]:
@@ -306,8 +335,8 @@ class IterationBenchmark:
 
     def measure(self, batch_size: int, input_size: int, progress: Any) -> List[Result]:
         """Every mode at one setting: memory first, then warm-up and timed iterations, interleaved in
-        alternating order (ABC CBA ...), so that drift and a mode's position after another hit every
-        mode alike. ``progress.update(1)`` is called after each warm-up or timed iteration."""
+        :func:`timing_order`, so that drift and the mode run just before hit every mode alike.
+        ``progress.update(1)`` is called after each warm-up or timed iteration."""
         settings = self.settings
         x, y = self.batch(batch_size, input_size, seed=batch_size * 1000 + input_size)
         results = {m: Result(m, batch_size, input_size) for m in settings.modes}
@@ -318,13 +347,12 @@ class IterationBenchmark:
             for mode in settings.modes:
                 self.iteration(mode, x, y)
                 progress.update(1)
-        for repeat in range(settings.repeats):
-            for mode in settings.modes if repeat % 2 == 0 else settings.modes[::-1]:
-                faults = minor_page_faults()
-                results[mode].times.append(self.iteration(mode, x, y))
-                if faults is not None:
-                    results[mode].page_faults.append(minor_page_faults() - faults)
-                progress.update(1)
+        for mode in timing_order(settings.modes, settings.repeats):
+            faults = minor_page_faults()
+            results[mode].times.append(self.iteration(mode, x, y))
+            if faults is not None:
+                results[mode].page_faults.append(minor_page_faults() - faults)
+            progress.update(1)
         self._check_no_recompile(results)
         return list(results.values())
 

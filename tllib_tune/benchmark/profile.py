@@ -1,10 +1,10 @@
 """Where one mode's iteration time goes compared with another's, op by op (torch.profiler).
 
 Runs the benchmark's fine-tuning iteration (same model, head, data and optimizer) for two modes,
-interleaved (a compiled mode is compiled first, outside the profile), and profiles every timed
-iteration: each mode's median wall time and minor page faults per iteration, and the self time and calls
-of every operator. The profiler's own overhead inflates many-op modes a little; the benchmark gives the
-times themselves.
+interleaved in the benchmark's order (a compiled mode is compiled first, outside the profile), and
+profiles every timed iteration: each mode's median wall time and minor page faults per iteration, and the
+self time and calls of every operator. The profiler's own overhead inflates many-op modes a little; the
+benchmark gives the times themselves.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence
 
 from torch.profiler import ProfilerActivity, profile
 
-from .measure import IterationBenchmark, minor_page_faults
+from .measure import IterationBenchmark, minor_page_faults, timing_order
 
 __all__ = ["profile_modes", "format_report"]
 
@@ -48,18 +48,17 @@ def profile_modes(
     device_type = bench.device.type
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
     stats = {m: {"wall": [], "faults": [], "ops": collections.defaultdict(lambda: [0.0, 0.0])} for m in modes}
-    for i in range(iterations):
-        for mode in modes if i % 2 == 0 else modes[::-1]:
-            bench.model_for(mode)  # the mode switch stays outside the profile
-            faults = minor_page_faults()
-            with profile(activities=activities) as prof:
-                stats[mode]["wall"].append(bench.iteration(mode, x, y))
-            if faults is not None:
-                stats[mode]["faults"].append(minor_page_faults() - faults)
-            for event in prof.key_averages():
-                entry = stats[mode]["ops"][event.key]
-                entry[0] += _self_us(event, device_type) / 1e3 / iterations
-                entry[1] += event.count / iterations
+    for mode in timing_order(modes, iterations):
+        bench.model_for(mode)  # the mode switch stays outside the profile
+        faults = minor_page_faults()
+        with profile(activities=activities) as prof:
+            stats[mode]["wall"].append(bench.iteration(mode, x, y))
+        if faults is not None:
+            stats[mode]["faults"].append(minor_page_faults() - faults)
+        for event in prof.key_averages():
+            entry = stats[mode]["ops"][event.key]
+            entry[0] += _self_us(event, device_type) / 1e3 / iterations
+            entry[1] += event.count / iterations
     for mode, seconds in first.items():
         stats[mode]["compile_s"] = seconds
     return stats
