@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import csv
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from tllib_tune.benchmark import (
     timing_order,
 )
 from tllib_tune.benchmark.cli import parse_args, settings_from
+from tllib_tune.benchmark.report import ratio_interval
 from tllib_tune.models import get_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,6 +196,46 @@ def test_targets_summary_counts_the_settings_within_each_limit():
     lines = format_targets([dict(tune_row(2, None), memory_vs_deploy=None)]).splitlines()
     assert [line.split("<=")[0].strip() for line in lines[1:]] == ["memory tune/eval", "time tune/eval"]
     assert format_targets([dict(tune_row(2, 1.0), mode="eval")]) is None
+
+
+def test_ratio_interval_is_exact_without_noise_and_narrows_with_repeats():
+    assert ratio_interval([2.0] * 5, [4.0] * 7) == (0.5, 0.5)
+    gen = torch.Generator().manual_seed(0)
+
+    def noisy(n, centre):  # +-15 % around centre, as a shared CPU scatters
+        return (centre * (1 + 0.3 * (torch.rand(n, generator=gen) - 0.5))).tolist()
+
+    few_a, few_b, many_a, many_b = noisy(7, 1.0), noisy(7, 1.0), noisy(301, 1.0), noisy(301, 1.0)
+    lo_few, hi_few = ratio_interval(few_a, few_b)
+    lo_many, hi_many = ratio_interval(many_a, many_b)
+    assert lo_few <= statistics.median(few_a) / statistics.median(few_b) <= hi_few
+    assert lo_many < 1.0 < hi_many and hi_many - lo_many < (hi_few - lo_few) / 3
+    assert ratio_interval(few_a, few_b) == (lo_few, hi_few)  # seeded: a report does not change on reprint
+    with pytest.raises(ValueError, match="ref_times"):
+        ratio_interval([1.0], [])
+
+
+def test_targets_summary_says_where_the_spread_decides_a_time_target():
+    def row(mode, times, batch):
+        return {"mode": mode, "batch_size": batch, "input_size": 32, "times": times}
+
+    tune_a, deploy_a = [1.0, 1.01, 0.99], [1.0, 1.0, 1.0]  # 1.00: within 1.03 beyond the spread
+    tune_b, deploy_b = [0.8, 1.0, 1.3], [1.0, 1.0, 1.0]  # 1.00 too, but the spread holds 1.03
+    rows = [
+        row("tune", tune_a, 2),
+        row("deploy", deploy_a, 2),
+        row("tune", tune_b, 4),
+        row("deploy", deploy_b, 4),
+    ]
+    for r in rows:
+        r.update(memory_vs_deploy=1.0, memory_vs_eval=None, time_vs_eval=None, time_vs_deploy=1.0)
+    lines = format_targets(rows).splitlines()
+    assert lines[2].strip().startswith("time tune/deploy <= 1.03")
+    assert lines[3].split()[:2] == ["90%", "interval"]
+    assert lines[3].split()[2] == "0.99-1.01"
+    assert lines[3].endswith("undecided at 4 x 32")
+    rows[2]["times"] = [1.0, 1.0, 1.0]
+    assert format_targets(rows).splitlines()[3].endswith("decided")
 
 
 def test_keep_folded_mode_keeps_one_folded_weight_per_block(tmp_path):

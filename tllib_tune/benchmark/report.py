@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,8 @@ __all__ = [
     "TARGETS",
     "PEER_TARGETS",
     "RETAIN_MEMORY",
+    "SPREAD_LEVEL",
+    "ratio_interval",
     "rows_for",
     "format_table",
     "format_targets",
@@ -84,6 +87,7 @@ def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
                 "compile_s": None if r.first_s is None else max(r.first_s - r.median, 0.0),
                 "time_vs_tune": _ratio(r.median, tune_r and tune_r.median),
                 "note": r.note or None,
+                "times": list(r.times),  # for the spread of the time ratios; not a CSV column
             }
         )
     return rows
@@ -166,8 +170,9 @@ def _peer_ratios(rows: List[dict], settings: List[Tuple[int, int]]) -> List[Tupl
 
 
 def format_targets(rows: List[dict]) -> Optional[str]:
-    """Tune's ratios against each target, per setting, and whether every setting meets it; None when
-    the run lacks tune or the modes a target compares with."""
+    """Tune's ratios against each target, per setting, and whether every setting meets it; under each
+    time ratio its spread (:func:`ratio_interval`) and whether the limit lies outside it. None when the
+    run lacks tune or the modes a target compares with."""
     tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
     settings = sorted(tune) or sorted({(r["batch_size"], r["input_size"]) for r in rows})
     if not settings:
@@ -180,7 +185,62 @@ def format_targets(rows: List[dict]) -> Optional[str]:
         within = sum(v <= limit for v in values)
         met = "yes" if within == len(values) else f"no, {within} of {len(values)} within"
         lines.append(f"{f'{label} <= {limit:.2f}':>34}" + "".join(f" {v:>9.3f}" for v in values) + f"  {met}")
+        spread = _spread_line(rows, settings, label, limit)
+        if spread:
+            lines.append(spread)
     return "\n".join(lines) if len(lines) > 1 else None
+
+
+#: The confidence of the spread printed under each time ratio.
+SPREAD_LEVEL = 0.90
+
+
+def ratio_interval(
+    times: Sequence[float], ref_times: Sequence[float], *, level: float = SPREAD_LEVEL, resamples: int = 2000,
+    seed: int = 0,
+) -> Tuple[float, float]:  # fmt: skip
+    """A bootstrap interval of median(times) / median(ref_times) at ``level``: both samples resampled
+    with replacement ``resamples`` times (seeded: the same run gives the same interval). On a noisy
+    machine a ratio of medians moves by more than a few per cent from run to run; a limit inside this
+    interval is not decided by the run."""
+    if not times or not ref_times:
+        raise ValueError("ratio_interval needs at least one time in `times` and in `ref_times`")
+    rng = random.Random(seed)
+    ratios = sorted(
+        statistics.median(rng.choices(times, k=len(times)))
+        / statistics.median(rng.choices(ref_times, k=len(ref_times)))
+        for _ in range(resamples)
+    )
+    tail = int(round((1 - level) / 2 * resamples))
+    return ratios[tail], ratios[resamples - 1 - tail]
+
+
+def _time_modes(label: str) -> Optional[Tuple[str, str]]:
+    """(mode, reference mode) of a time target's label, or None for a memory target."""
+    for name, column, _ in TARGETS:
+        if name == label and column.startswith("time_"):
+            return "tune", column[len("time_vs_") :]
+    for name, mode, ref, column, _ in PEER_TARGETS:
+        if name == label and column == "median_s":
+            return mode, ref
+    return None
+
+
+def _spread_line(
+    rows: List[dict], settings: List[Tuple[int, int]], label: str, limit: float
+) -> Optional[str]:
+    """The line under a time ratio: its :func:`ratio_interval` per setting, and whether the limit is
+    outside it everywhere ("decided"); None for a memory target or rows without their times."""
+    modes = _time_modes(label)
+    cell = {(r["batch_size"], r["input_size"], r["mode"]): r for r in rows}
+    pairs = [(cell.get((*s, modes[0])), cell.get((*s, modes[1]))) for s in settings] if modes else []
+    if not pairs or any(a is None or b is None or not a.get("times") or not b.get("times") for a, b in pairs):
+        return None
+    intervals = [ratio_interval(a["times"], b["times"]) for a, b in pairs]
+    undecided = [f"{b} x {s}" for (b, s), (lo, hi) in zip(settings, intervals) if lo <= limit < hi]
+    verdict = "decided" if not undecided else "undecided at " + ", ".join(undecided)
+    cells = "".join(f" {f'{lo:.2f}-{hi:.2f}':>9}" for lo, hi in intervals)
+    return f"{f'{SPREAD_LEVEL:.0%} interval':>34}" + cells + f"  {verdict}"
 
 
 #: glibc settings under which freed memory stays mapped, so that no mode pays for page faults.
