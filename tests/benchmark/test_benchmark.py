@@ -32,7 +32,7 @@ SCRIPT = ROOT / "scripts" / "benchmark_modes.py"
 EXPECTED_COLUMNS = {
     "arch", "device", "amp", "channels_last", "batch_size", "input_size", "mode", "median_s", "min_s",
     "activation_mb", "peak_mb", "time_vs_eval", "time_vs_deploy", "memory_vs_eval", "memory_vs_deploy",
-    "page_faults", "peak_saved_mb", "compile_s", "time_vs_tune", "note",
+    "page_faults", "peak_saved_mb", "compile_s", "time_vs_tune", "note", "times_s",
 }  # fmt: skip
 MODES = {"train", "eval", "tune", "deploy", "inplace-abn"}
 
@@ -68,6 +68,8 @@ def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
         assert tune <= 1.01 * deploy and tune < eval_
     for r in rows:
         assert float(r["median_s"]) > 0 and float(r["min_s"]) <= float(r["median_s"])
+        times = [float(t) for t in r["times_s"].split()]  # each timed iteration, for pooling runs later
+        assert len(times) == 2 and min(times) == pytest.approx(float(r["min_s"]), abs=1e-4)
         if sys.platform != "win32":  # the OS counts them: a whole number per iteration
             assert int(r["page_faults"]) >= 0
     assert (out / "benchmark.png").stat().st_size > 0
@@ -75,8 +77,10 @@ def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
     assert "tune" in proc.stdout and "time/eval" in proc.stdout and "faults/iter" in proc.stdout
     assert "environment: " in proc.stdout
     targets = proc.stdout[proc.stdout.index("target ") :].splitlines()
-    assert [line.split("<=")[0].strip() for line in targets[1:5]] == [
-        "memory tune/deploy", "memory tune/eval", "time tune/eval", "time tune/deploy"
+    labels = [line.split("<=")[0].strip() if "<=" in line else " ".join(line.split()[:2]) for line in targets]
+    assert labels[1:7] == [
+        "memory tune/deploy", "memory tune/eval", "time tune/eval", "90% interval", "time tune/deploy",
+        "90% interval",
     ]  # fmt: skip
     assert targets[1].rstrip().endswith("yes")  # Tune's activation memory is Deploy's to the byte
 

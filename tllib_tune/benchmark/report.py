@@ -52,6 +52,7 @@ COLUMNS = [
     "compile_s",
     "time_vs_tune",
     "note",
+    "times_s",
 ]
 
 
@@ -87,6 +88,7 @@ def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
                 "compile_s": None if r.first_s is None else max(r.first_s - r.median, 0.0),
                 "time_vs_tune": _ratio(r.median, tune_r and tune_r.median),
                 "note": r.note or None,
+                "times_s": " ".join(f"{t:.4f}" for t in r.times),  # every timed iteration, in run order
                 "times": list(r.times),  # for the spread of the time ratios; not a CSV column
             }
         )
