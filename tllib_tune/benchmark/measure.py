@@ -125,10 +125,11 @@ class Result:
 def timing_order(modes: Sequence[str], repeats: int) -> List[str]:
     """The order of the timed iterations: ``repeats`` rounds, each running every mode once.
 
-    On a shared CPU the iteration run just before can move a mode's time by several per cent (here Tune
-    right after Eval ran 3 and 12 % slower than right after Deploy, in two runs). Plain alternation
-    (ABC CBA ...) is unfair to the middle modes: the first and last follow themselves half the time,
-    the others never. So the rounds are the rows of a Williams design (the balanced Latin square of
+    The iteration run just before may move a mode's time (the caches, the allocator's state). Plain
+    alternation (ABC CBA ...) is unfair there to the middle modes: the first and last follow themselves
+    half the time, the others never. So, by construction rather than because the effect was measured
+    (two runs here could not tell it from the noise: benchmarks/cpu-resnet50-fold/order), the rounds
+    are the rows of a Williams design (the balanced Latin square of
     crossover trials): over every ``len(modes)`` rounds (twice that for an odd count) each mode takes
     every place in the round equally often and, inside the rounds, follows every other mode equally
     often. For two modes it is ABBA.
