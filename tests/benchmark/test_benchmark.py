@@ -178,6 +178,7 @@ def test_timing_order_balances_places_and_predecessors(count):
     # plain alternation (ABC CBA) fails this: the middle mode never follows itself, the end ones do
     assert all(a != b for a, b in after)
     assert timing_order(["a", "b"], 4) == ["a", "b", "b", "a", "a", "b", "b", "a"]  # ABBA
+    assert timing_order([], 3) == []
 
 
 def test_targets_summary_counts_the_settings_within_each_limit():

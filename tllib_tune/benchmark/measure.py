@@ -127,14 +127,15 @@ def timing_order(modes: Sequence[str], repeats: int) -> List[str]:
 
     The iteration run just before may move a mode's time (the caches, the allocator's state). Plain
     alternation (ABC CBA ...) is unfair there to the middle modes: the first and last follow themselves
-    half the time, the others never. So, by construction rather than because the effect was measured
-    (two runs here could not tell it from the noise: benchmarks/cpu-resnet50-fold/order), the rounds
-    are the rows of a Williams design (the balanced Latin square of
-    crossover trials): over every ``len(modes)`` rounds (twice that for an odd count) each mode takes
-    every place in the round equally often and, inside the rounds, follows every other mode equally
-    often. For two modes it is ABBA.
+    half the time, the others never. So, by construction rather than because the effect was measured (two
+    runs here could not tell it from the noise: benchmarks/cpu-resnet50-fold/order), the rounds are the
+    rows of a Williams design (the balanced Latin square of crossover trials): over every ``len(modes)``
+    rounds (twice that for an odd count) each mode takes every place in the round equally often and,
+    inside the rounds, follows every other mode equally often. For two modes it is ABBA.
     """
     count = len(modes)
+    if count == 0:
+        return []
     first = [0]  # 0, 1, n-1, 2, n-2, ...: the differences of neighbours take every value once
     low, high = 1, count - 1
     while len(first) < count:
