@@ -88,8 +88,7 @@ def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
                 "compile_s": None if r.first_s is None else max(r.first_s - r.median, 0.0),
                 "time_vs_tune": _ratio(r.median, tune_r and tune_r.median),
                 "note": r.note or None,
-                "times_s": " ".join(f"{t:.4f}" for t in r.times),  # every timed iteration, in run order
-                "times": list(r.times),  # for the spread of the time ratios; not a CSV column
+                "times": list(r.times),  # every timed iteration, in run order (CSV: times_s)
             }
         )
     return rows
@@ -160,9 +159,14 @@ PEER_TARGETS: Tuple[Tuple[str, str, str, str, float], ...] = (
 )
 
 
+def _by_setting_and_mode(rows: List[dict]) -> Dict[Tuple[int, int, str], dict]:
+    """The rows by (batch size, input size, mode)."""
+    return {(r["batch_size"], r["input_size"], r["mode"]): r for r in rows}
+
+
 def _peer_ratios(rows: List[dict], settings: List[Tuple[int, int]]) -> List[Tuple[str, float, List[float]]]:
     """(label, limit, ratio per setting) of each :data:`PEER_TARGETS` entry whose modes the run holds."""
-    cell = {(r["batch_size"], r["input_size"], r["mode"]): r for r in rows}
+    cell = _by_setting_and_mode(rows)
     found = []
     for label, mode, ref, column, limit in PEER_TARGETS:
         pairs = [(cell.get((*s, mode)), cell.get((*s, ref))) for s in settings]
@@ -234,7 +238,7 @@ def _spread_line(
     """The line under a time ratio: its :func:`ratio_interval` per setting, and whether the limit is
     outside it everywhere ("decided"); None for a memory target or rows without their times."""
     modes = _time_modes(label)
-    cell = {(r["batch_size"], r["input_size"], r["mode"]): r for r in rows}
+    cell = _by_setting_and_mode(rows)
     pairs = [(cell.get((*s, modes[0])), cell.get((*s, modes[1]))) for s in settings] if modes else []
     if not pairs or any(a is None or b is None or not a.get("times") or not b.get("times") for a, b in pairs):
         return None
@@ -287,7 +291,9 @@ def write_csv(rows: List[dict], path: str) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
+            line = {k: ("" if row[k] is None else row[k]) for k in COLUMNS if k != "times_s"}
+            line["times_s"] = " ".join(f"{t:.4f}" for t in row["times"])
+            writer.writerow(line)
 
 
 def write_tensorboard(rows: List[dict], out: str) -> None:
