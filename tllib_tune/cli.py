@@ -40,6 +40,11 @@ register("benchmark", "tllib_tune.benchmark.cli:main", "time and activation memo
 register(
     "profile", "tllib_tune.benchmark.cli:profile_main", "two modes' iteration time, operator by operator"
 )
+register(
+    "pool",
+    "tllib_tune.benchmark.cli:pool_main",
+    "several benchmark runs' iterations as one, and their spread",
+)
 register("reproduce", "tllib_tune.paper.cli:main", "the paper's claims offline: Table 3/5, Figure 2, float64")
 
 

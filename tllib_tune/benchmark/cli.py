@@ -1,9 +1,10 @@
 """The benchmark's command lines: ``tllib-tune benchmark`` (time and memory of every mode) and
-``tllib-tune profile`` (two modes op by op); scripts/benchmark_modes.py and scripts/profile_modes.py are
-the same programs.
+``tllib-tune profile`` (two modes op by op), ``tllib-tune pool`` (several runs' iterations as one);
+scripts/benchmark_modes.py, scripts/profile_modes.py and scripts/pool_benchmarks.py are the same programs.
 
     tllib-tune benchmark --arch resnet50 --batch-sizes 8,32 --input-sizes 160,112
     tllib-tune profile --arch resnet50 --batch-size 8 --input-size 112 --modes tune,deploy
+    tllib-tune pool bench/run1 bench/run2 bench/run3 --out bench/pooled
     tllib-tune benchmark --arch resnet50 --batch-sizes 8 --input-sizes 112 \
         --modes eval,tune,deploy,compiled-pass,compiled-eval,compiled-tune,compiled-deploy,eval+ckpt,tune+ckpt
 
@@ -32,6 +33,7 @@ from ..progress import progress_bar
 from ..utils.cli import flag_names, print_error, to_flags
 from .measure import ALL_MODES, DEFAULT_MODES, BenchmarkSettings, IterationBenchmark, timing_environment
 from .peers import COMPILED_MODES, compile_problem, fresh_compile_state
+from .pool import format_run_spread, pool_rows, read_rows
 from .profile import format_report, profile_modes
 from .report import (
     fault_notes,
@@ -43,7 +45,7 @@ from .report import (
     write_tensorboard,
 )
 
-__all__ = ["benchmark_parser", "profile_parser", "main", "profile_main"]
+__all__ = ["benchmark_parser", "profile_parser", "pool_parser", "main", "profile_main", "pool_main"]
 
 _BATCH_STATISTICS_FIX = "; or leave train and inplace-abn out of `modes`"
 
@@ -289,4 +291,57 @@ def profile_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
         f"environment: {timing_environment()}\n"
     )
     print(format_report(stats, args.modes, args.top, torch.device(args.device).type))
+    return 0
+
+
+def pool_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The pooling command's arguments."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Pool the timed iterations of several benchmark runs of one code and machine: the "
+        "table and targets of all iterations together (a narrower interval), and each target's lowest "
+        "and highest ratio over the runs (their spread).",
+    )
+    parser.add_argument(
+        "runs", nargs="*", metavar="RUN", help="a folder --out of a benchmark, or its results.csv"
+    )
+    parser.add_argument("--out", help="also write the pooled rows to OUT/results.csv")
+    return parser
+
+
+def pool_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """Run the pooling command line; returns the exit status (2: a run that cannot be read or pooled)."""
+    parser = pool_parser(prog)
+    args = parser.parse_args(argv)
+    if not args.runs:
+        parser.error(
+            "give at least one RUN: a folder that tllib-tune benchmark --out wrote, or its results.csv"
+        )
+    try:
+        runs = [read_rows(path) for path in args.runs]
+        rows, left_out = pool_rows(runs, args.runs)
+    except (OSError, ValueError) as exc:
+        print_error(parser.prog, f"{exc}")
+        return 2
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    first, plural = rows[0], "s" if len(runs) > 1 else ""
+    counts = "/".join(str(n) for n in sorted({len(r["times"]) for r in rows}))
+    print(f"{len(runs)} run{plural} pooled: {', '.join(args.runs)}")
+    print(
+        f"{first['arch']}, {first['device']}, amp={first['amp']}, channels_last={first['channels_last']}, "
+        f"median of {counts} iterations a mode"
+    )
+    if left_out:
+        print(f"left out (not in every run): {', '.join(left_out)}")
+    print(format_table(rows, modes))
+    for title, extra in (("pooled", format_targets(rows)), ("each run", format_run_spread(runs, rows))):
+        if extra:
+            print(f"\n{title}:\n{extra}")
+    if args.out:
+        try:
+            write_csv(rows, os.path.join(args.out, "results.csv"))
+        except OSError as exc:
+            print_error(parser.prog, f"--out {args.out}: {exc.strerror}; choose a writable directory")
+            return 2
+        print(f"\nwrote {os.path.join(args.out, 'results.csv')}")
     return 0

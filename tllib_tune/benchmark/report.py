@@ -21,8 +21,11 @@ __all__ = [
     "PEER_TARGETS",
     "RETAIN_MEMORY",
     "SPREAD_LEVEL",
+    "RATIOS",
     "ratio_interval",
     "rows_for",
+    "add_ratios",
+    "target_values",
     "format_table",
     "format_targets",
     "fault_notes",
@@ -62,35 +65,48 @@ def _ratio(value: float, ref: Optional[float]) -> Optional[float]:
 
 def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
     """One row per result of a setting, with its ratios to the eval and deploy results of that setting."""
-    by_mode = {r.mode: r for r in results}
-    eval_r, deploy_r, tune_r = by_mode.get("eval"), by_mode.get("deploy"), by_mode.get("tune")
-    rows = []
-    for r in results:
-        rows.append(
-            {
-                "arch": settings.arch,
-                "device": settings.device,
-                "amp": settings.amp,
-                "channels_last": settings.channels_last,
-                "batch_size": r.batch_size,
-                "input_size": r.input_size,
-                "mode": r.mode,
-                "median_s": r.median,
-                "min_s": min(r.times),
-                "activation_mb": r.activation_bytes / MIB,
-                "peak_mb": None if r.peak_bytes is None else r.peak_bytes / MIB,
-                "time_vs_eval": _ratio(r.median, eval_r and eval_r.median),
-                "time_vs_deploy": _ratio(r.median, deploy_r and deploy_r.median),
-                "memory_vs_eval": _ratio(r.activation_bytes, eval_r and eval_r.activation_bytes),
-                "memory_vs_deploy": _ratio(r.activation_bytes, deploy_r and deploy_r.activation_bytes),
-                "page_faults": int(statistics.median(r.page_faults)) if r.page_faults else None,
-                "peak_saved_mb": None if r.peak_saved_bytes is None else r.peak_saved_bytes / MIB,
-                "compile_s": None if r.first_s is None else max(r.first_s - r.median, 0.0),
-                "time_vs_tune": _ratio(r.median, tune_r and tune_r.median),
-                "note": r.note or None,
-                "times": list(r.times),  # every timed iteration, in run order (CSV: times_s)
-            }
-        )
+    rows = [
+        {
+            "arch": settings.arch,
+            "device": settings.device,
+            "amp": settings.amp,
+            "channels_last": settings.channels_last,
+            "batch_size": r.batch_size,
+            "input_size": r.input_size,
+            "mode": r.mode,
+            "median_s": r.median,
+            "min_s": min(r.times),
+            "activation_mb": r.activation_bytes / MIB,
+            "peak_mb": None if r.peak_bytes is None else r.peak_bytes / MIB,
+            "page_faults": int(statistics.median(r.page_faults)) if r.page_faults else None,
+            "peak_saved_mb": None if r.peak_saved_bytes is None else r.peak_saved_bytes / MIB,
+            "compile_s": None if r.first_s is None else max(r.first_s - r.median, 0.0),
+            "note": r.note or None,
+            "times": list(r.times),  # every timed iteration, in run order (CSV: times_s)
+        }
+        for r in results
+    ]
+    return add_ratios(rows)
+
+
+#: The ratio columns of a row: (column, the row's value it divides, the mode of the same setting it
+#: divides by).
+RATIOS: Tuple[Tuple[str, str, str], ...] = (
+    ("time_vs_eval", "median_s", "eval"),
+    ("time_vs_deploy", "median_s", "deploy"),
+    ("time_vs_tune", "median_s", "tune"),
+    ("memory_vs_eval", "activation_mb", "eval"),
+    ("memory_vs_deploy", "activation_mb", "deploy"),
+)
+
+
+def add_ratios(rows: List[dict]) -> List[dict]:
+    """``rows`` with each :data:`RATIOS` column set (None where its setting lacks the mode); in place."""
+    cell = _by_setting_and_mode(rows)
+    for row in rows:
+        for column, value, mode in RATIOS:
+            ref = cell.get((row["batch_size"], row["input_size"], mode))
+            row[column] = _ratio(row[value], ref and ref[value])
     return rows
 
 
@@ -175,19 +191,34 @@ def _peer_ratios(rows: List[dict], settings: List[Tuple[int, int]]) -> List[Tupl
     return found
 
 
+def target_values(
+    rows: List[dict], settings: Sequence[Tuple[int, int]]
+) -> List[Tuple[str, float, List[float]]]:
+    """(label, limit, ratio per setting) of each target of :data:`TARGETS` and :data:`PEER_TARGETS` that
+    ``rows`` hold at every one of ``settings``."""
+    tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
+    found = []
+    if all(s in tune for s in settings):
+        found = [(label, limit, [tune[s][column] for s in settings]) for label, column, limit in TARGETS]
+    found += _peer_ratios(rows, list(settings))
+    return [(label, limit, values) for label, limit, values in found if all(v is not None for v in values)]
+
+
+def target_settings(rows: List[dict]) -> List[Tuple[int, int]]:
+    """The settings a targets summary covers: those with tune, or every setting of a run without it."""
+    tune = sorted({(r["batch_size"], r["input_size"]) for r in rows if r["mode"] == "tune"})
+    return tune or sorted({(r["batch_size"], r["input_size"]) for r in rows})
+
+
 def format_targets(rows: List[dict]) -> Optional[str]:
     """Tune's ratios against each target, per setting, and whether every setting meets it; under each
     time ratio its spread (:func:`ratio_interval`) and whether the limit lies outside it. None when the
     run lacks tune or the modes a target compares with."""
-    tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
-    settings = sorted(tune) or sorted({(r["batch_size"], r["input_size"]) for r in rows})
+    settings = target_settings(rows)
     if not settings:
         return None
     lines = [f"{'target':>34}" + "".join(f" {f'{b} x {s}':>9}" for b, s in settings) + "  met"]
-    checks = [(label, limit, [tune[s][column] for s in settings]) for label, column, limit in TARGETS if tune]
-    for label, limit, values in checks + _peer_ratios(rows, settings):
-        if any(v is None for v in values):
-            continue
+    for label, limit, values in target_values(rows, settings):
         within = sum(v <= limit for v in values)
         met = "yes" if within == len(values) else f"no, {within} of {len(values)} within"
         lines.append(f"{f'{label} <= {limit:.2f}':>34}" + "".join(f" {v:>9.3f}" for v in values) + f"  {met}")
