@@ -24,7 +24,7 @@ from tllib_tune.benchmark import (
     timing_order,
 )
 from tllib_tune.benchmark.cli import parse_args, settings_from
-from tllib_tune.benchmark.report import ratio_interval
+from tllib_tune.benchmark.report import ratio_interval, round_ratio_interval, round_ratios, target_values
 from tllib_tune.models import get_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,8 +79,8 @@ def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
     targets = proc.stdout[proc.stdout.index("target ") :].splitlines()
     labels = [line.split("<=")[0].strip() if "<=" in line else " ".join(line.split()[:2]) for line in targets]
     assert labels[1:7] == [
-        "memory tune/deploy", "memory tune/eval", "time tune/eval", "90% interval", "time tune/deploy",
-        "90% interval",
+        "memory tune/deploy", "memory tune/eval", "time tune/eval", "90% interval,", "time tune/deploy",
+        "90% interval,",
     ]  # fmt: skip
     assert targets[1].rstrip().endswith("yes")  # Tune's activation memory is Deploy's to the byte
 
@@ -236,11 +236,39 @@ def test_targets_summary_says_where_the_spread_decides_a_time_target():
         r.update(memory_vs_deploy=1.0, memory_vs_eval=None, time_vs_eval=None, time_vs_deploy=1.0)
     lines = format_targets(rows).splitlines()
     assert lines[2].strip().startswith("time tune/deploy <= 1.03")
-    assert lines[3].split()[:2] == ["90%", "interval"]
-    assert lines[3].split()[2] == "0.99-1.01"
+    assert lines[3].split()[:3] == ["90%", "interval,", "rounds"]  # each round's tune over its deploy
+    assert lines[3].split()[3] == "0.99-1.01"
     assert lines[3].endswith("undecided at 4 x 32")
+    assert lines[-2].startswith("time ratios: the median over the rounds")
     rows[2]["times"] = [1.0, 1.0, 1.0]
     assert format_targets(rows).splitlines()[3].endswith("decided")
+    rows[2]["times"] = [1.0, 1.0]  # unequal counts: no rounds to pair, the medians' interval instead
+    assert format_targets(rows).splitlines()[3].split()[:3] == ["90%", "interval", "0.99-1.01"]
+
+
+def test_round_ratios_divide_out_what_a_round_shares():
+    """On a machine whose speed drifts between rounds, each round's ratio keeps the modes' true ratio,
+    while the medians of the two modes mix fast and slow rounds."""
+    gen = torch.Generator().manual_seed(0)
+    speed = (1 + 0.4 * torch.rand(41, generator=gen)).tolist()  # the machine, round by round
+    jitter = (1 + 0.01 * (torch.rand(82, generator=gen) - 0.5)).tolist()
+    tune = [1.03 * v * j for v, j in zip(speed, jitter[:41])]
+    deploy = [v * j for v, j in zip(speed, jitter[41:])]
+    assert round_ratios([2.0, 3.0], [1.0, 2.0]) == [2.0, 1.5]
+    median, lo, hi = round_ratio_interval(tune, deploy)
+    assert lo <= 1.03 <= hi and hi - lo < 0.01 and median == pytest.approx(1.03, abs=0.005)
+    lo_unpaired, hi_unpaired = ratio_interval(tune, deploy)
+    assert hi_unpaired - lo_unpaired > 5 * (hi - lo)
+    rows = [
+        {"mode": "tune", "batch_size": 2, "input_size": 32, "times": tune, "memory_vs_deploy": 1.0,
+         "memory_vs_eval": None, "time_vs_eval": None, "time_vs_deploy": 9.9},
+        {"mode": "deploy", "batch_size": 2, "input_size": 32, "times": deploy},
+    ]  # fmt: skip
+    values = {label: v for label, _, v in target_values(rows, [(2, 32)])}
+    assert values["time tune/deploy"] == [median]  # the rounds' median, not the column
+    assert values["memory tune/deploy"] == [1.0]
+    with pytest.raises(ValueError, match="as many of each"):
+        round_ratios([1.0, 2.0], [1.0])
 
 
 def test_keep_folded_mode_keeps_one_folded_weight_per_block(tmp_path):
