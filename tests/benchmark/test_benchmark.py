@@ -1,12 +1,12 @@
-"""tllib_tune.benchmark through scripts/benchmark_modes.py: a tiny run writes a complete CSV; mode order,
-targets, keep-folded, the batch-statistics check."""
+"""tllib_tune.benchmark through scripts/benchmark_modes.py: a tiny run writes a complete CSV and prints the
+targets; mode order, keep-folded, page-fault notes, the batch-statistics check (the targets themselves:
+test_targets.py)."""
 
 from __future__ import annotations
 
 import collections
 import csv
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +19,10 @@ from tllib_tune import ConvBN
 from tllib_tune.benchmark import (
     IterationBenchmark,
     fault_notes,
-    format_targets,
     keep_folded_forward,
     timing_order,
 )
 from tllib_tune.benchmark.cli import parse_args, settings_from
-from tllib_tune.benchmark.report import ratio_interval, round_ratio_interval, round_ratios, target_values
 from tllib_tune.models import get_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,96 +177,6 @@ def test_timing_order_balances_places_and_predecessors(count):
     assert all(a != b for a, b in after)
     assert timing_order(["a", "b"], 4) == ["a", "b", "b", "a", "a", "b", "b", "a"]  # ABBA
     assert timing_order([], 3) == []
-
-
-def test_targets_summary_counts_the_settings_within_each_limit():
-
-    def tune_row(batch, time_vs_deploy):
-        ratios = {"memory_vs_deploy": 1.0, "memory_vs_eval": 0.48, "time_vs_eval": 0.9}
-        return {
-            "mode": "tune",
-            "batch_size": batch,
-            "input_size": 32,
-            "time_vs_deploy": time_vs_deploy,
-            **ratios,
-        }
-
-    lines = format_targets([tune_row(2, 1.02), tune_row(4, 1.10)]).splitlines()
-    assert lines[0].split()[1:] == ["2", "x", "32", "4", "x", "32", "met"]
-    assert lines[1].endswith("1.000     1.000  yes")
-    assert lines[4].endswith("1.020     1.100  no, 1 of 2 within")
-    # without deploy in the run there is nothing to compare with: that target is left out
-    lines = format_targets([dict(tune_row(2, None), memory_vs_deploy=None)]).splitlines()
-    assert [line.split("<=")[0].strip() for line in lines[1:]] == ["memory tune/eval", "time tune/eval"]
-    assert format_targets([dict(tune_row(2, 1.0), mode="eval")]) is None
-
-
-def test_ratio_interval_is_exact_without_noise_and_narrows_with_repeats():
-    assert ratio_interval([2.0] * 5, [4.0] * 7) == (0.5, 0.5)
-    gen = torch.Generator().manual_seed(0)
-
-    def noisy(n, centre):  # +-15 % around centre, as a shared CPU scatters
-        return (centre * (1 + 0.3 * (torch.rand(n, generator=gen) - 0.5))).tolist()
-
-    few_a, few_b, many_a, many_b = noisy(7, 1.0), noisy(7, 1.0), noisy(301, 1.0), noisy(301, 1.0)
-    lo_few, hi_few = ratio_interval(few_a, few_b)
-    lo_many, hi_many = ratio_interval(many_a, many_b)
-    assert lo_few <= statistics.median(few_a) / statistics.median(few_b) <= hi_few
-    assert lo_many < 1.0 < hi_many and hi_many - lo_many < (hi_few - lo_few) / 3
-    assert ratio_interval(few_a, few_b) == (lo_few, hi_few)  # seeded: a report does not change on reprint
-    with pytest.raises(ValueError, match="ref_times"):
-        ratio_interval([1.0], [])
-
-
-def test_targets_summary_says_where_the_spread_decides_a_time_target():
-    def row(mode, times, batch):
-        return {"mode": mode, "batch_size": batch, "input_size": 32, "times": times}
-
-    tune_a, deploy_a = [1.0, 1.01, 0.99], [1.0, 1.0, 1.0]  # 1.00: within 1.03 beyond the spread
-    tune_b, deploy_b = [0.8, 1.0, 1.3], [1.0, 1.0, 1.0]  # 1.00 too, but the spread holds 1.03
-    rows = [
-        row("tune", tune_a, 2),
-        row("deploy", deploy_a, 2),
-        row("tune", tune_b, 4),
-        row("deploy", deploy_b, 4),
-    ]
-    for r in rows:
-        r.update(memory_vs_deploy=1.0, memory_vs_eval=None, time_vs_eval=None, time_vs_deploy=1.0)
-    lines = format_targets(rows).splitlines()
-    assert lines[2].strip().startswith("time tune/deploy <= 1.03")
-    assert lines[3].split()[:3] == ["90%", "interval,", "rounds"]  # each round's tune over its deploy
-    assert lines[3].split()[3] == "0.99-1.01"
-    assert lines[3].endswith("undecided at 4 x 32")
-    assert lines[-2].startswith("time ratios: the median over the rounds")
-    rows[2]["times"] = [1.0, 1.0, 1.0]
-    assert format_targets(rows).splitlines()[3].endswith("decided")
-    rows[2]["times"] = [1.0, 1.0]  # unequal counts: no rounds to pair, the medians' interval instead
-    assert format_targets(rows).splitlines()[3].split()[:3] == ["90%", "interval", "0.99-1.01"]
-
-
-def test_round_ratios_divide_out_what_a_round_shares():
-    """On a machine whose speed drifts between rounds, each round's ratio keeps the modes' true ratio,
-    while the medians of the two modes mix fast and slow rounds."""
-    gen = torch.Generator().manual_seed(0)
-    speed = (1 + 0.4 * torch.rand(41, generator=gen)).tolist()  # the machine, round by round
-    jitter = (1 + 0.01 * (torch.rand(82, generator=gen) - 0.5)).tolist()
-    tune = [1.03 * v * j for v, j in zip(speed, jitter[:41])]
-    deploy = [v * j for v, j in zip(speed, jitter[41:])]
-    assert round_ratios([2.0, 3.0], [1.0, 2.0]) == [2.0, 1.5]
-    median, lo, hi = round_ratio_interval(tune, deploy)
-    assert lo <= 1.03 <= hi and hi - lo < 0.01 and median == pytest.approx(1.03, abs=0.005)
-    lo_unpaired, hi_unpaired = ratio_interval(tune, deploy)
-    assert hi_unpaired - lo_unpaired > 5 * (hi - lo)
-    rows = [
-        {"mode": "tune", "batch_size": 2, "input_size": 32, "times": tune, "memory_vs_deploy": 1.0,
-         "memory_vs_eval": None, "time_vs_eval": None, "time_vs_deploy": 9.9},
-        {"mode": "deploy", "batch_size": 2, "input_size": 32, "times": deploy},
-    ]  # fmt: skip
-    values = {label: v for label, _, v in target_values(rows, [(2, 32)])}
-    assert values["time tune/deploy"] == [median]  # the rounds' median, not the column
-    assert values["memory tune/deploy"] == [1.0]
-    with pytest.raises(ValueError, match="as many of each"):
-        round_ratios([1.0, 2.0], [1.0])
 
 
 def test_keep_folded_mode_keeps_one_folded_weight_per_block(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 from tllib_tune.benchmark import BenchmarkSettings, Result, rows_for
 from tllib_tune.benchmark.cli import pool_main
 from tllib_tune.benchmark.pool import format_run_spread, pool_rows, read_rows
-from tllib_tune.benchmark.report import ratio_interval, write_csv
+from tllib_tune.benchmark.report import write_csv
+from tllib_tune.benchmark.stats import ratio_interval
 from tllib_tune.utils.memory import MIB
 
 ROOT = Path(__file__).resolve().parents[2]

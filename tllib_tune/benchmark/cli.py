@@ -35,15 +35,8 @@ from .measure import ALL_MODES, DEFAULT_MODES, BenchmarkSettings, IterationBench
 from .peers import COMPILED_MODES, compile_problem, fresh_compile_state
 from .pool import format_run_spread, pool_rows, read_rows
 from .profile import format_report, profile_modes
-from .report import (
-    fault_notes,
-    format_table,
-    format_targets,
-    rows_for,
-    write_csv,
-    write_plot,
-    write_tensorboard,
-)
+from .report import fault_notes, format_table, rows_for, write_csv, write_plot, write_tensorboard
+from .targets import format_targets
 
 __all__ = ["benchmark_parser", "profile_parser", "pool_parser", "main", "profile_main", "pool_main"]
 

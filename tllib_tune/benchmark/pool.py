@@ -2,7 +2,7 @@
 (setting, mode) together, and say how far the runs' own ratios scatter.
 
 On a noisy machine one run's ratio of medians moves by more than a target's margin, and its interval
-(:func:`.report.ratio_interval`) holds the limit. Runs of the same code measure the same memory to the
+(:mod:`.stats`) holds the limit. Runs of the same code measure the same memory to the
 byte and time the same work, so their iterations can be pooled: the pooled interval narrows with the
 square root of the iterations, while each run's own ratio, listed beside it, shows the run-to-run spread.
 
@@ -19,7 +19,8 @@ import os
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .report import COLUMNS, add_ratios, target_settings, target_values
+from .report import COLUMNS, add_ratios
+from .targets import target_settings, target_values
 
 __all__ = ["read_rows", "pool_rows", "format_run_spread", "RUN_KEYS"]
 

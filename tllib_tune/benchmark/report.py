@@ -1,12 +1,11 @@
 """The benchmark's report: one row per (setting, mode) with ratios to eval and deploy, the printed
-table (the paper's Appendix E layout), Tune's ratios against the product's targets, page-fault notes,
-and the files: results.csv, a TensorBoard run, a PNG plot (with the "plot" extra)."""
+table (the paper's Appendix E layout), page-fault notes, and the files: results.csv, a TensorBoard run, a
+PNG plot (with the "plot" extra). The targets under the table: :mod:`.targets`."""
 
 from __future__ import annotations
 
 import csv
 import os
-import random
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,19 +16,12 @@ from .peers import PEER_MODES
 
 __all__ = [
     "COLUMNS",
-    "TARGETS",
-    "PEER_TARGETS",
     "RETAIN_MEMORY",
-    "SPREAD_LEVEL",
     "RATIOS",
-    "ratio_interval",
-    "round_ratios",
-    "round_ratio_interval",
     "rows_for",
     "add_ratios",
-    "target_values",
+    "by_setting_and_mode",
     "format_table",
-    "format_targets",
     "fault_notes",
     "write_csv",
     "write_tensorboard",
@@ -104,7 +96,7 @@ RATIOS: Tuple[Tuple[str, str, str], ...] = (
 
 def add_ratios(rows: List[dict]) -> List[dict]:
     """``rows`` with each :data:`RATIOS` column set (None where its setting lacks the mode); in place."""
-    cell = _by_setting_and_mode(rows)
+    cell = by_setting_and_mode(rows)
     for row in rows:
         for column, value, mode in RATIOS:
             ref = cell.get((row["batch_size"], row["input_size"], mode))
@@ -156,209 +148,9 @@ def format_table(rows: List[dict], modes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-# The product's headline targets for Tune: (label, ratio column, upper limit).
-TARGETS: Tuple[Tuple[str, str, float], ...] = (
-    ("memory tune/deploy", "memory_vs_deploy", 1.01),
-    ("memory tune/eval", "memory_vs_eval", 0.50),
-    ("time tune/eval", "time_vs_eval", 0.95),
-    ("time tune/deploy", "time_vs_deploy", 1.03),
-)
-
-
-#: Targets against the peers: (label, mode, reference mode, column compared, upper limit).
-PEER_TARGETS: Tuple[Tuple[str, str, str, str, float], ...] = (
-    ("memory tune/compiled-pass", "tune", "compiled-pass", "activation_mb", 0.92),
-    ("memory c-tune/c-deploy", "compiled-tune", "compiled-deploy", "activation_mb", 1.01),
-    ("time c-tune/c-pass", "compiled-tune", "compiled-pass", "median_s", 1.00),
-    ("time c-tune/c-deploy", "compiled-tune", "compiled-deploy", "median_s", 1.03),
-    ("memory tune+ckpt/tune", "tune+ckpt", "tune", "activation_mb", 1.00),
-    ("peak tune+ckpt/eval+ckpt", "tune+ckpt", "eval+ckpt", "peak_saved_mb", 0.60),
-    ("peak tune/eval", "tune", "eval", "peak_saved_mb", 0.60),
-)
-
-
-def _by_setting_and_mode(rows: List[dict]) -> Dict[Tuple[int, int, str], dict]:
+def by_setting_and_mode(rows: List[dict]) -> Dict[Tuple[int, int, str], dict]:
     """The rows by (batch size, input size, mode)."""
     return {(r["batch_size"], r["input_size"], r["mode"]): r for r in rows}
-
-
-def _peer_ratios(rows: List[dict], settings: List[Tuple[int, int]]) -> List[Tuple[str, float, List[float]]]:
-    """(label, limit, ratio per setting) of each :data:`PEER_TARGETS` entry whose modes the run holds."""
-    cell = _by_setting_and_mode(rows)
-    found = []
-    for label, mode, ref, column, limit in PEER_TARGETS:
-        pairs = [(cell.get((*s, mode)), cell.get((*s, ref))) for s in settings]
-        if all(a is not None and b is not None and a[column] and b[column] for a, b in pairs):
-            found.append((label, limit, [a[column] / b[column] for a, b in pairs]))
-    return found
-
-
-def target_values(
-    rows: List[dict], settings: Sequence[Tuple[int, int]]
-) -> List[Tuple[str, float, List[float]]]:
-    """(label, limit, ratio per setting) of each target of :data:`TARGETS` and :data:`PEER_TARGETS` that
-    ``rows`` hold at every one of ``settings``. A time ratio is the median of the rounds' ratios
-    (:func:`round_ratios`) where both modes have their rounds' times, else the ratio of the medians."""
-    tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
-    found = []
-    if all(s in tune for s in settings):
-        found = [(label, limit, [tune[s][column] for s in settings]) for label, column, limit in TARGETS]
-    found += _peer_ratios(rows, list(settings))
-    found = [
-        (label, limit, _paired_medians(rows, settings, label) or values) for label, limit, values in found
-    ]
-    return [(label, limit, values) for label, limit, values in found if all(v is not None for v in values)]
-
-
-def _time_pairs(rows: List[dict], settings: Sequence[Tuple[int, int]], label: str) -> Optional[List[tuple]]:
-    """(mode's row, reference's row) per setting of a time target, where every one has its times."""
-    modes = _time_modes(label)
-    cell = _by_setting_and_mode(rows)
-    pairs = [(cell.get((*s, modes[0])), cell.get((*s, modes[1]))) for s in settings] if modes else []
-    if not pairs or any(a is None or b is None or not a.get("times") or not b.get("times") for a, b in pairs):
-        return None
-    return pairs
-
-
-def _paired(pairs: List[tuple]) -> bool:
-    return all(len(a["times"]) == len(b["times"]) for a, b in pairs)
-
-
-def _paired_medians(
-    rows: List[dict], settings: Sequence[Tuple[int, int]], label: str
-) -> Optional[List[float]]:
-    """The median of the round ratios per setting of a time target, or None where they cannot be paired."""
-    pairs = _time_pairs(rows, settings, label)
-    if not pairs or not _paired(pairs):
-        return None
-    return [statistics.median(round_ratios(a["times"], b["times"])) for a, b in pairs]
-
-
-def target_settings(rows: List[dict]) -> List[Tuple[int, int]]:
-    """The settings a targets summary covers: those with tune, or every setting of a run without it."""
-    tune = sorted({(r["batch_size"], r["input_size"]) for r in rows if r["mode"] == "tune"})
-    return tune or sorted({(r["batch_size"], r["input_size"]) for r in rows})
-
-
-def format_targets(rows: List[dict]) -> Optional[str]:
-    """Tune's ratios against each target, per setting (:func:`target_values`: a time ratio is the median
-    of the rounds' ratios), and whether every setting meets it; under each time ratio its interval
-    (:func:`round_ratio_interval`) and whether the limit lies outside it. None when the run lacks tune or
-    the modes a target compares with."""
-    settings = target_settings(rows)
-    if not settings:
-        return None
-    lines = [f"{'target':>34}" + "".join(f" {f'{b} x {s}':>9}" for b, s in settings) + "  met"]
-    for label, limit, values in target_values(rows, settings):
-        within = sum(v <= limit for v in values)
-        met = "yes" if within == len(values) else f"no, {within} of {len(values)} within"
-        lines.append(f"{f'{label} <= {limit:.2f}':>34}" + "".join(f" {v:>9.3f}" for v in values) + f"  {met}")
-        spread = _spread_line(rows, settings, label, limit)
-        if spread:
-            lines.append(spread)
-    if len(lines) == 1:
-        return None
-    if any(", rounds" in line for line in lines):
-        lines.append(ROUNDS_NOTE)
-    return "\n".join(lines)
-
-
-#: What the targets' time ratios are, printed under them.
-ROUNDS_NOTE = (
-    "time ratios: the median over the rounds of one mode's time over the other's in the same round\n"
-    "(each round runs every mode once; the table's time/ columns divide the modes' medians)"
-)
-
-
-#: The confidence of the spread printed under each time ratio.
-SPREAD_LEVEL = 0.90
-
-
-def _bootstrap(statistic, resamples: int, level: float, seed: int) -> Tuple[float, float]:
-    """The central ``level`` interval of ``statistic(rng)`` over ``resamples`` seeded draws."""
-    rng = random.Random(seed)
-    values = sorted(statistic(rng) for _ in range(resamples))
-    tail = int(round((1 - level) / 2 * resamples))
-    return values[tail], values[resamples - 1 - tail]
-
-
-def ratio_interval(
-    times: Sequence[float], ref_times: Sequence[float], *, level: float = SPREAD_LEVEL, resamples: int = 2000,
-    seed: int = 0,
-) -> Tuple[float, float]:  # fmt: skip
-    """A bootstrap interval of median(times) / median(ref_times) at ``level``: both samples resampled
-    with replacement ``resamples`` times (seeded: the same run gives the same interval). On a noisy
-    machine a ratio of medians moves by more than a few per cent from run to run; a limit inside this
-    interval is not decided by the run. It ignores which iterations ran together: see
-    :func:`round_ratio_interval` for the tighter interval of a run's rounds."""
-    if not times or not ref_times:
-        raise ValueError("ratio_interval needs at least one time in `times` and in `ref_times`")
-
-    def statistic(rng: random.Random) -> float:
-        resampled = statistics.median(rng.choices(times, k=len(times)))
-        return resampled / statistics.median(rng.choices(ref_times, k=len(ref_times)))
-
-    return _bootstrap(statistic, resamples, level, seed)
-
-
-def round_ratios(times: Sequence[float], ref_times: Sequence[float]) -> List[float]:
-    """Each round's ratio: the i-th timed iteration of a mode over the reference's i-th.
-
-    The benchmark runs every mode once per round (:func:`.measure.timing_order`), so the i-th
-    iterations of two modes ran next to each other; the machine's slower and faster minutes, most of the
-    noise here, divide out of their ratio."""
-    if not times or len(times) != len(ref_times):
-        raise ValueError(
-            f"round_ratios needs `times` and `ref_times` of one run's rounds, as many of each (got "
-            f"{len(times)} and {len(ref_times)})"
-        )
-    return [t / r for t, r in zip(times, ref_times)]
-
-
-def round_ratio_interval(
-    times: Sequence[float], ref_times: Sequence[float], *, level: float = SPREAD_LEVEL, resamples: int = 2000,
-    seed: int = 0,
-) -> Tuple[float, float, float]:  # fmt: skip
-    """(median, low, high) of the :func:`round_ratios`: their median and its bootstrap interval at
-    ``level``, rounds resampled with replacement (seeded). Pooled runs keep their rounds in order, so
-    their times pair up the same way."""
-    ratios = round_ratios(times, ref_times)
-    low, high = _bootstrap(
-        lambda rng: statistics.median(rng.choices(ratios, k=len(ratios))), resamples, level, seed
-    )
-    return statistics.median(ratios), low, high
-
-
-def _time_modes(label: str) -> Optional[Tuple[str, str]]:
-    """(mode, reference mode) of a time target's label, or None for a memory target."""
-    for name, column, _ in TARGETS:
-        if name == label and column.startswith("time_"):
-            return "tune", column[len("time_vs_") :]
-    for name, mode, ref, column, _ in PEER_TARGETS:
-        if name == label and column == "median_s":
-            return mode, ref
-    return None
-
-
-def _spread_line(
-    rows: List[dict], settings: List[Tuple[int, int]], label: str, limit: float
-) -> Optional[str]:
-    """The line under a time ratio: its interval per setting (:func:`round_ratio_interval`, or
-    :func:`ratio_interval` where the modes' times do not pair up), and whether the limit is outside every
-    interval ("decided"); None for a memory target or rows without times."""
-    pairs = _time_pairs(rows, settings, label)
-    if not pairs:
-        return None
-    paired = _paired(pairs)
-    if paired:
-        intervals = [round_ratio_interval(a["times"], b["times"])[1:] for a, b in pairs]
-    else:
-        intervals = [ratio_interval(a["times"], b["times"]) for a, b in pairs]
-    undecided = [f"{b} x {s}" for (b, s), (lo, hi) in zip(settings, intervals) if lo <= limit < hi]
-    verdict = "decided" if not undecided else "undecided at " + ", ".join(undecided)
-    cells = "".join(f" {f'{lo:.2f}-{hi:.2f}':>9}" for lo, hi in intervals)
-    title = f"{SPREAD_LEVEL:.0%} interval" + (", rounds" if paired else "")
-    return f"{title:>34}" + cells + f"  {verdict}"
 
 
 #: glibc settings under which freed memory stays mapped, so that no mode pays for page faults.
