@@ -8,7 +8,13 @@ import statistics
 import pytest
 import torch
 
-from tllib_tune.benchmark.stats import ratio_interval, round_ratio_interval, round_ratios
+from tllib_tune.benchmark.stats import (
+    median_interval,
+    min_rounds,
+    ratio_interval,
+    round_ratio_interval,
+    round_ratios,
+)
 
 
 def test_ratio_interval_is_exact_without_noise_and_narrows_with_repeats():
@@ -41,6 +47,19 @@ def test_round_ratios_divide_out_what_a_round_shares():
     assert lo <= 1.03 <= hi and hi - lo < 0.01 and median == pytest.approx(1.03, abs=0.005)
     lo_apart, hi_apart = ratio_interval(tune, deploy)
     assert hi_apart - lo_apart > 5 * (hi - lo)
-    assert round_ratio_interval(tune, deploy) == (median, lo, hi)  # seeded
     with pytest.raises(ValueError, match="as many of each"):
         round_ratios([1.0, 2.0], [1.0])
+
+
+def test_median_interval_covers_the_median_as_often_as_it_says():
+    assert min_rounds(0.90) == 5 and min_rounds(0.99) == 8
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0)  # 5 values: the range covers 94 %
+    assert median_interval([float(v) for v in range(1, 10)]) == (2.0, 8.0)  # 96 %; (3, 7) would be 82 %
+    assert median_interval([2.0]) == (2.0, 2.0)
+    gen = torch.Generator().manual_seed(0)
+    for n, level in [(9, 0.90), (40, 0.90), (40, 0.50)]:
+        samples = torch.rand(4000, n, generator=gen)  # uniform: the median is 0.5
+        covered = sum(lo <= 0.5 <= hi for lo, hi in (median_interval(s.tolist(), level) for s in samples))
+        assert level <= covered / 4000 < level + 0.12, (n, level, covered)
+    with pytest.raises(ValueError, match="at least one value"):
+        median_interval([])

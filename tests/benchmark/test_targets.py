@@ -36,8 +36,8 @@ def test_targets_summary_says_where_the_spread_decides_a_time_target():
     def row(mode, times, batch):
         return {"mode": mode, "batch_size": batch, "input_size": 32, "times": times}
 
-    tune_a, deploy_a = [1.0, 1.01, 0.99], [1.0, 1.0, 1.0]  # 1.00: within 1.03 beyond the spread
-    tune_b, deploy_b = [0.8, 1.0, 1.3], [1.0, 1.0, 1.0]  # 1.00 too, but the spread holds 1.03
+    tune_a, deploy_a = [1.0, 1.01, 0.99, 1.0, 1.0], [1.0] * 5  # 1.00: within 1.03 beyond the spread
+    tune_b, deploy_b = [0.8, 1.0, 1.3, 1.0, 1.1], [1.0] * 5  # 1.00 too, but the spread holds 1.03
     rows = [
         row("tune", tune_a, 2),
         row("deploy", deploy_a, 2),
@@ -49,13 +49,17 @@ def test_targets_summary_says_where_the_spread_decides_a_time_target():
     lines = format_targets(rows).splitlines()
     assert lines[2].strip().startswith("time tune/deploy <= 1.03")
     assert lines[3].split()[:3] == ["90%", "interval,", "rounds"]  # each round's tune over its deploy
-    assert lines[3].split()[3] == "0.99-1.01"
+    assert lines[3].split()[3:5] == ["0.99-1.01", "0.80-1.30"]  # 5 rounds: their range covers 94 %
     assert lines[3].endswith("undecided at 4 x 32")
     assert lines[-2].startswith("time ratios: the median over the rounds")
-    rows[2]["times"] = [1.0, 1.0, 1.0]
+    rows[2]["times"] = [1.0] * 5
     assert format_targets(rows).splitlines()[3].endswith("decided")
+    for r in rows:  # 4 rounds: no interval of theirs reaches 90 %, so nothing is decided
+        r["times"] = r["times"][:4]
+    assert format_targets(rows).splitlines()[3].endswith("undecided at 2 x 32, 4 x 32 (4 rounds; 5 decide)")
     rows[2]["times"] = [1.0, 1.0]  # unequal counts: no rounds to pair, the medians' interval instead
-    assert format_targets(rows).splitlines()[3].split()[:3] == ["90%", "interval", "0.99-1.01"]
+    line = format_targets(rows).splitlines()[3]
+    assert line.split()[:2] == ["90%", "interval"] and line.endswith("(2 iterations a mode; 5 decide)")
 
 
 def test_time_targets_are_the_rounds_median_with_their_interval():
@@ -63,14 +67,11 @@ def test_time_targets_are_the_rounds_median_with_their_interval():
         return {label: v for label, _, v in target_values(rows, [(2, 32)])}["time tune/deploy"]
 
     ratios = {"memory_vs_deploy": 1.0, "memory_vs_eval": None, "time_vs_eval": None, "time_vs_deploy": 9.9}
-    tune = {"mode": "tune", "batch_size": 2, "input_size": 32, "times": [1.1, 2.2, 1.1], **ratios}
-    deploy = {"mode": "deploy", "batch_size": 2, "input_size": 32, "times": [1.0, 2.0, 1.0]}
+    tune = {"mode": "tune", "batch_size": 2, "input_size": 32, "times": [1.1, 2.2] * 2 + [1.1], **ratios}
+    deploy = {"mode": "deploy", "batch_size": 2, "input_size": 32, "times": [1.0, 2.0] * 2 + [1.0]}
     assert deploy_ratio([tune, deploy]) == [pytest.approx(1.1)]  # 1.1 in every round, not the column's 9.9
     assert format_targets([tune, deploy]).splitlines()[3].split()[3:] == ["1.10-1.10", "decided"]
-    deploy["times"] = [2.0, 2.0, 1.0]  # rounds 0.55, 1.1, 1.1: their median 1.1; the medians' ratio 0.55
+    deploy["times"] = [2.0, 2.0, 2.0, 2.0, 1.0]  # rounds 0.55, 1.1, 0.55, 1.1, 1.1; the medians' 1.1 / 2.0
     assert deploy_ratio([tune, deploy]) == [pytest.approx(1.1)]
-    assert round_ratio_interval(tune["times"], deploy["times"]) == (
-        pytest.approx(1.1),
-        0.55,
-        pytest.approx(1.1),
-    )
+    median, lo, hi = round_ratio_interval(tune["times"], deploy["times"])
+    assert (median, lo, hi) == (pytest.approx(1.1), 0.55, pytest.approx(1.1))

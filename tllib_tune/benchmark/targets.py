@@ -9,7 +9,7 @@ import statistics
 from typing import List, Optional, Sequence, Tuple
 
 from .report import by_setting_and_mode
-from .stats import SPREAD_LEVEL, ratio_interval, round_ratio_interval, round_ratios
+from .stats import SPREAD_LEVEL, min_rounds, ratio_interval, round_ratio_interval, round_ratios
 
 __all__ = ["TARGETS", "PEER_TARGETS", "ROUNDS_NOTE", "target_settings", "target_values", "format_targets"]
 
@@ -139,7 +139,8 @@ def _spread_line(
 ) -> Optional[str]:
     """The line under a time ratio: its interval per setting (:func:`round_ratio_interval`, or
     :func:`ratio_interval` where the modes' times do not pair up), and whether the limit is outside every
-    interval ("decided"); None for a memory target or rows without times."""
+    interval ("decided": never with fewer than :func:`min_rounds` rounds); None for a memory target or rows
+    without times."""
     pairs = _time_pairs(rows, settings, label)
     if not pairs:
         return None
@@ -148,8 +149,13 @@ def _spread_line(
         intervals = [round_ratio_interval(a["times"], b["times"])[1:] for a, b in pairs]
     else:
         intervals = [ratio_interval(a["times"], b["times"]) for a, b in pairs]
+    fewest = min(min(len(a["times"]), len(b["times"])) for a, b in pairs)
     undecided = [f"{b} x {s}" for (b, s), (lo, hi) in zip(settings, intervals) if lo <= limit < hi]
+    if fewest < min_rounds():  # the interval is only the range then: it decides nothing
+        undecided = [f"{b} x {s}" for b, s in settings]
     verdict = "decided" if not undecided else "undecided at " + ", ".join(undecided)
+    if fewest < min_rounds():
+        verdict += f" ({fewest} {'rounds' if paired else 'iterations a mode'}; {min_rounds()} decide)"
     cells = "".join(f" {f'{lo:.2f}-{hi:.2f}':>9}" for lo, hi in intervals)
     title = f"{SPREAD_LEVEL:.0%} interval" + (", rounds" if paired else "")
     return f"{title:>34}" + cells + f"  {verdict}"
