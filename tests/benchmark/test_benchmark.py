@@ -30,7 +30,7 @@ SCRIPT = ROOT / "scripts" / "benchmark_modes.py"
 EXPECTED_COLUMNS = {
     "arch", "device", "amp", "channels_last", "batch_size", "input_size", "mode", "median_s", "min_s",
     "activation_mb", "peak_mb", "time_vs_eval", "time_vs_deploy", "memory_vs_eval", "memory_vs_deploy",
-    "page_faults", "peak_saved_mb", "compile_s", "time_vs_tune", "note", "times_s",
+    "page_faults", "peak_saved_mb", "compile_s", "time_vs_tune", "note", "times_s", "threads", "environment",
 }  # fmt: skip
 MODES = {"train", "eval", "tune", "deploy", "inplace-abn"}
 
@@ -68,6 +68,7 @@ def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
         assert float(r["median_s"]) > 0 and float(r["min_s"]) <= float(r["median_s"])
         times = [float(t) for t in r["times_s"].split()]  # each timed iteration, for pooling runs later
         assert len(times) == 2 and min(times) == pytest.approx(float(r["min_s"]), abs=1e-4)
+        assert int(r["threads"]) >= 1 and r["environment"]  # what runs to be pooled must share
         if sys.platform != "win32":  # the OS counts them: a whole number per iteration
             assert int(r["page_faults"]) >= 0
     assert (out / "benchmark.png").stat().st_size > 0

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tllib_tune.benchmark import BenchmarkSettings, Result, rows_for
 from tllib_tune.benchmark.cli import pool_main
@@ -131,3 +132,27 @@ def test_the_script_is_the_pool_command(tmp_path):
     assert done.returncode == 0 and "1 run pooled" in done.stdout, done.stderr
     done = subprocess.run([*script, "--out"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "pool_benchmarks.py: error:" in done.stderr
+
+
+def test_runs_with_other_threads_or_environment_are_refused_and_unrecorded_ones_pass(tmp_path):
+    run_a, run_b = _run([1.0], [1.0]), _run([1.0], [1.0])
+    assert run_a[0]["threads"] == torch.get_num_threads() and run_a[0]["environment"]
+    for row in run_b:
+        row["environment"] = "MALLOC_MMAP_THRESHOLD_=4294967296"
+    with pytest.raises(ValueError, match=r"b measured environment='MALLOC_MMAP_THRESHOLD_=4294967296', a "):
+        pool_rows([run_a, run_b], ["a", "b"])
+    # a results.csv from before the two columns existed: read as not recorded, pooled with anything
+    path = tmp_path / "old" / "results.csv"
+    write_csv(run_b, str(path))
+    with open(path, newline="") as f:
+        lines = [
+            {k: v for k, v in line.items() if k not in ("threads", "environment")}
+            for line in csv.DictReader(f)
+        ]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(lines[0]))
+        writer.writeheader()
+        writer.writerows(lines)
+    old = read_rows(str(path.parent))
+    assert old[0]["threads"] is None and old[0]["environment"] is None
+    assert len(pool_rows([run_a, old])[0]) == 3

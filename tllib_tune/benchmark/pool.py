@@ -24,10 +24,13 @@ from .targets import target_settings, target_values
 
 __all__ = ["read_rows", "pool_rows", "format_run_spread", "RUN_KEYS"]
 
-#: The columns every pooled run must agree on: what was measured, and how.
-RUN_KEYS = ("arch", "device", "amp", "channels_last")
+#: The columns every pooled run must agree on: what was measured, and how (threads and environment only
+#: where both runs recorded them: results.csv has had them since December 2026).
+RUN_KEYS = ("arch", "device", "amp", "channels_last", "threads", "environment")
 
-_INTS = ("batch_size", "input_size", "page_faults")
+#: Columns a results.csv written before they existed lacks (read as None: not known).
+_LATER_COLUMNS = ("threads", "environment")
+_INTS = ("batch_size", "input_size", "page_faults", "threads")
 _FLOATS = ("median_s", "min_s", "activation_mb", "peak_mb", "peak_saved_mb", "compile_s")
 Key = Tuple[int, int, str]
 
@@ -40,9 +43,10 @@ def _parse(line: dict, where: str) -> dict:
     row = {k: line[k] for k in ("arch", "device", "amp", "mode")}
     row["channels_last"] = line["channels_last"] == "True"
     for column in _INTS + _FLOATS:
-        text = line[column]
+        text = line.get(column) or ""
         row[column] = None if text == "" else (int(text) if column in _INTS else float(text))
     row["note"] = line["note"] or None
+    row["environment"] = line.get("environment") or None
     try:
         row["times"] = [float(t) for t in line["times_s"].split()]
     except ValueError:
@@ -66,7 +70,7 @@ def read_rows(path: str) -> List[dict]:
         )
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in _LATER_COLUMNS]
         if "times_s" in missing:
             raise ValueError(
                 f"{csv_path}: no times_s column (written before the benchmark kept every timed "
@@ -81,16 +85,19 @@ def read_rows(path: str) -> List[dict]:
 
 
 def _check_same_runs(runs: Sequence[List[dict]], names: Sequence[str]) -> None:
-    first = {k: runs[0][0][k] for k in RUN_KEYS}
+    """A ValueError naming two runs that differ in one of :data:`RUN_KEYS` (None: not recorded, skipped)."""
+    seen: Dict[str, Tuple[object, str]] = {}  # key -> (the first recorded value, the run that had it)
     for rows, name in zip(runs, names):
         for row in rows:
-            other = {k: row[k] for k in RUN_KEYS}
-            if other != first:
-                bad = next(k for k in RUN_KEYS if other[k] != first[k])
-                raise ValueError(
-                    f"{name} measured {bad}={other[bad]!r}, {names[0]} {bad}={first[bad]!r}: pool only runs "
-                    f"of one {', '.join(RUN_KEYS)}"
-                )
+            for key in RUN_KEYS:
+                if row[key] is None:
+                    continue
+                value, where = seen.setdefault(key, (row[key], name))
+                if row[key] != value:
+                    raise ValueError(
+                        f"{name} measured {key}={row[key]!r}, {where} {key}={value!r}: pool only runs of one "
+                        f"{', '.join(RUN_KEYS)}"
+                    )
 
 
 def _pooled_row(cells: List[dict], names: Sequence[str]) -> dict:

@@ -9,9 +9,11 @@ import os
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from ..common import atomic_write
 from ..utils.memory import MIB
-from .measure import BenchmarkSettings, Result
+from .measure import BenchmarkSettings, Result, timing_environment
 from .peers import PEER_MODES
 
 __all__ = [
@@ -50,6 +52,8 @@ COLUMNS = [
     "time_vs_tune",
     "note",
     "times_s",
+    "threads",
+    "environment",
 ]
 
 
@@ -58,7 +62,9 @@ def _ratio(value: float, ref: Optional[float]) -> Optional[float]:
 
 
 def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
-    """One row per result of a setting, with its ratios to the eval and deploy results of that setting."""
+    """One row per result of a setting, with its ratios to the eval and deploy results of that setting,
+    the thread count and the timing variables of the environment (what pooled runs must share)."""
+    threads, environment = torch.get_num_threads(), timing_environment()
     rows = [
         {
             "arch": settings.arch,
@@ -77,6 +83,8 @@ def rows_for(results: List[Result], settings: BenchmarkSettings) -> List[dict]:
             "compile_s": None if r.first_s is None else max(r.first_s - r.median, 0.0),
             "note": r.note or None,
             "times": list(r.times),  # every timed iteration, in run order (CSV: times_s)
+            "threads": threads,
+            "environment": environment,
         }
         for r in results
     ]
