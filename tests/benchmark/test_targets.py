@@ -59,7 +59,9 @@ def test_targets_summary_says_where_the_spread_decides_a_time_target():
     assert format_targets(rows).splitlines()[3].endswith("undecided at 2 x 32, 4 x 32 (4 rounds; 5 decide)")
     rows[2]["times"] = [1.0, 1.0]  # unequal counts: no rounds to pair, the medians' interval instead
     line = format_targets(rows).splitlines()[3]
-    assert line.split()[:2] == ["90%", "interval"] and line.endswith("(2 iterations a mode; 5 decide)")
+    assert line.split()[:3] == ["90%", "interval", "0.99-1.00"] and line.endswith(
+        "(2 iterations a mode; 5 decide)"
+    )
 
 
 def test_time_targets_are_the_rounds_median_with_their_interval():

@@ -6,7 +6,7 @@ which says whether the run decides the target at all.
 from __future__ import annotations
 
 import statistics
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from .report import by_setting_and_mode
 from .stats import SPREAD_LEVEL, min_rounds, ratio_interval, round_ratio_interval, round_ratios
@@ -51,20 +51,27 @@ def target_values(
 ) -> List[Tuple[str, float, List[float]]]:
     """(label, limit, ratio per setting) of each target of :data:`TARGETS` and :data:`PEER_TARGETS` that
     ``rows`` hold at every one of ``settings``. A time ratio is the median of the rounds' ratios
-    (:func:`round_ratios`) where both modes have their rounds' times, else the ratio of the medians."""
+    (:func:`.stats.round_ratios`) where both modes have their rounds' times, else the ratio of the medians."""
     tune = {(r["batch_size"], r["input_size"]): r for r in rows if r["mode"] == "tune"}
     found = []
     if all(s in tune for s in settings):
         found = [(label, limit, [tune[s][column] for s in settings]) for label, column, limit in TARGETS]
     found += _peer_ratios(rows, list(settings))
     found = [
-        (label, limit, _paired_medians(rows, settings, label) or values) for label, limit, values in found
+        (label, limit, _round_medians(rows, settings, label) or values) for label, limit, values in found
     ]
     return [(label, limit, values) for label, limit, values in found if all(v is not None for v in values)]
 
 
+class _TimeEstimates(NamedTuple):
+    paired: bool  # the two modes' times pair up round by round
+    per_setting: List[Tuple[float, float, float]]  # (ratio, low, high)
+    fewest: int  # the fewest times of either mode at any setting
+
+
 def _time_pairs(rows: List[dict], settings: Sequence[Tuple[int, int]], label: str) -> Optional[List[tuple]]:
-    """(mode's row, reference's row) per setting of a time target, where every one has its times."""
+    """(mode's row, reference's row) per setting of a time target; None for a memory target or where a
+    setting lacks a mode or its times."""
     modes = _time_modes(label)
     cell = by_setting_and_mode(rows)
     pairs = [(cell.get((*s, modes[0])), cell.get((*s, modes[1]))) for s in settings] if modes else []
@@ -73,16 +80,33 @@ def _time_pairs(rows: List[dict], settings: Sequence[Tuple[int, int]], label: st
     return pairs
 
 
-def _paired(pairs: List[tuple]) -> bool:
+def _in_rounds(pairs: List[tuple]) -> bool:
+    """Whether the two modes' times pair up round by round at every setting (as many of each)."""
     return all(len(a["times"]) == len(b["times"]) for a, b in pairs)
 
 
-def _paired_medians(
+def _time_estimates(pairs: List[tuple]) -> _TimeEstimates:
+    """A time target's ratio and interval per setting: the rounds' median and :func:`round_ratio_interval`
+    where the two modes pair up, else the medians' ratio and :func:`ratio_interval`."""
+    fewest = min(min(len(a["times"]), len(b["times"])) for a, b in pairs)
+    if _in_rounds(pairs):
+        return _TimeEstimates(True, [round_ratio_interval(a["times"], b["times"]) for a, b in pairs], fewest)
+    estimates = [
+        (
+            statistics.median(a["times"]) / statistics.median(b["times"]),
+            *ratio_interval(a["times"], b["times"]),
+        )
+        for a, b in pairs
+    ]
+    return _TimeEstimates(False, estimates, fewest)
+
+
+def _round_medians(
     rows: List[dict], settings: Sequence[Tuple[int, int]], label: str
 ) -> Optional[List[float]]:
     """The median of the round ratios per setting of a time target, or None where they cannot be paired."""
     pairs = _time_pairs(rows, settings, label)
-    if not pairs or not _paired(pairs):
+    if not pairs or not _in_rounds(pairs):
         return None
     return [statistics.median(round_ratios(a["times"], b["times"])) for a, b in pairs]
 
@@ -144,18 +168,14 @@ def _spread_line(
     pairs = _time_pairs(rows, settings, label)
     if not pairs:
         return None
-    paired = _paired(pairs)
-    if paired:
-        intervals = [round_ratio_interval(a["times"], b["times"])[1:] for a, b in pairs]
-    else:
-        intervals = [ratio_interval(a["times"], b["times"]) for a, b in pairs]
-    fewest = min(min(len(a["times"]), len(b["times"])) for a, b in pairs)
-    undecided = [f"{b} x {s}" for (b, s), (lo, hi) in zip(settings, intervals) if lo <= limit < hi]
-    if fewest < min_rounds():  # the interval is only the range then: it decides nothing
-        undecided = [f"{b} x {s}" for b, s in settings]
+    found = _time_estimates(pairs)
+    intervals = [(lo, hi) for _, lo, hi in found.per_setting]
+    too_few = found.fewest < min_rounds()  # the interval is only the range then: it decides nothing
+    undecided = [f"{b} x {s}" for (b, s), (lo, hi) in zip(settings, intervals) if too_few or lo <= limit < hi]
     verdict = "decided" if not undecided else "undecided at " + ", ".join(undecided)
-    if fewest < min_rounds():
-        verdict += f" ({fewest} {'rounds' if paired else 'iterations a mode'}; {min_rounds()} decide)"
+    if too_few:
+        unit = "rounds" if found.paired else "iterations a mode"
+        verdict += f" ({found.fewest} {unit}; {min_rounds()} decide)"
     cells = "".join(f" {f'{lo:.2f}-{hi:.2f}':>9}" for lo, hi in intervals)
-    title = f"{SPREAD_LEVEL:.0%} interval" + (", rounds" if paired else "")
+    title = f"{SPREAD_LEVEL:.0%} interval" + (", rounds" if found.paired else "")
     return f"{title:>34}" + cells + f"  {verdict}"
