@@ -21,6 +21,7 @@ from tllib_tune.benchmark import (
     fault_notes,
     keep_folded_forward,
     timing_order,
+    wait_policy_note,
 )
 from tllib_tune.benchmark.cli import parse_args, settings_from
 from tllib_tune.models import get_model
@@ -212,6 +213,22 @@ def test_keep_folded_forward_is_the_blocks_eval_function(bias):
         grads.append((out, *torch.autograd.grad(out, params, upstream)))
     for eval_value, keep_folded_value in zip(*grads):
         assert rel_err(keep_folded_value, eval_value) < 1e-12
+
+
+def test_wait_policy_note_only_for_tune_timed_passive_on_several_cpu_threads():
+
+    def row(mode="tune", device="cpu", threads=2, environment="OMP_WAIT_POLICY=PASSIVE, MALLOC_TOP_PAD_=1"):
+        return {"mode": mode, "device": device, "threads": threads, "environment": environment}
+
+    note = wait_policy_note([row(), row("deploy")])
+    assert note is not None and "OMP_WAIT_POLICY=PASSIVE" in note and "OpenMP's wait policy" in note
+    assert wait_policy_note([row("compiled-tune", environment="omp_wait_policy=passive")]) is not None
+    assert wait_policy_note([row(environment="default OpenMP and allocator settings")]) is None
+    assert wait_policy_note([row(environment="OMP_WAIT_POLICY=ACTIVE")]) is None
+    assert wait_policy_note([row(environment=None)]) is None  # a run from before the column
+    assert wait_policy_note([row(threads=1)]) is None  # one thread: nothing to wake
+    assert wait_policy_note([row(device="cuda:0")]) is None
+    assert wait_policy_note([row("deploy"), row("eval")]) is None  # no tune row to misread
 
 
 def test_fault_notes_flag_settings_where_tune_and_deploy_faulted_apart():

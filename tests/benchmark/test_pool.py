@@ -112,6 +112,19 @@ def test_pool_command_prints_the_pooled_targets_and_the_spread_and_writes_csv(tm
     ) == pytest.approx(1.05)
 
 
+def test_pool_command_notes_runs_timed_with_the_passive_wait_policy(tmp_path, capsys):
+    passive = _run([1.02, 1.04], [1.0, 1.0])
+    for row in passive:
+        row["threads"], row["environment"] = 2, "OMP_WAIT_POLICY=PASSIVE"
+    assert pool_main([_written(tmp_path, "passive", passive)]) == 0
+    assert "note: OMP_WAIT_POLICY=PASSIVE" in capsys.readouterr().out
+    default = _run([1.02, 1.04], [1.0, 1.0])
+    for row in default:
+        row["threads"], row["environment"] = 2, "default OpenMP and allocator settings"
+    assert pool_main([_written(tmp_path, "default", default)]) == 0
+    assert "OMP_WAIT_POLICY" not in capsys.readouterr().out
+
+
 def test_pool_command_names_a_run_it_cannot_read_and_exits_2(tmp_path, capsys):
     assert pool_main([str(tmp_path / "missing")], prog="tllib-tune pool") == 2
     err = capsys.readouterr().err

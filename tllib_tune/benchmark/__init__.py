@@ -16,7 +16,7 @@ from .measure import (
 )
 from .pool import format_run_spread, pool_rows, read_rows
 from .profile import format_report, profile_modes
-from .report import fault_notes, format_table, rows_for
+from .report import fault_notes, format_table, rows_for, wait_policy_note
 from .stats import ratio_interval, round_ratio_interval, round_ratios
 from .targets import format_targets
 
@@ -32,6 +32,7 @@ __all__ = [
     "format_table",
     "format_targets",
     "fault_notes",
+    "wait_policy_note",
     "ratio_interval",
     "round_ratios",
     "round_ratio_interval",

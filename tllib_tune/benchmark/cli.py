@@ -35,7 +35,15 @@ from .measure import ALL_MODES, DEFAULT_MODES, BenchmarkSettings, IterationBench
 from .peers import COMPILED_MODES, compile_problem, fresh_compile_state
 from .pool import format_run_spread, pool_rows, read_rows
 from .profile import format_report, profile_modes
-from .report import fault_notes, format_table, rows_for, write_csv, write_plot, write_tensorboard
+from .report import (
+    fault_notes,
+    format_table,
+    rows_for,
+    wait_policy_note,
+    write_csv,
+    write_plot,
+    write_tensorboard,
+)
 from .targets import format_targets
 
 __all__ = ["benchmark_parser", "profile_parser", "pool_parser", "main", "profile_main", "pool_main"]
@@ -185,7 +193,7 @@ def _report(rows: List[dict], args: argparse.Namespace) -> None:
         f"environment: {timing_environment()}"
     )
     print(format_table(rows, args.modes))
-    for extra in (format_targets(rows), fault_notes(rows)):
+    for extra in (format_targets(rows), fault_notes(rows), wait_policy_note(rows)):
         if extra:
             print("\n" + extra)
     write_csv(rows, os.path.join(args.out, "results.csv"))
@@ -330,6 +338,9 @@ def pool_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) 
     for title, extra in (("pooled", format_targets(rows)), ("each run", format_run_spread(runs, rows))):
         if extra:
             print(f"\n{title}:\n{extra}")
+    note = wait_policy_note(rows)
+    if note:
+        print("\n" + note)
     if args.out:
         try:
             write_csv(rows, os.path.join(args.out, "results.csv"))

@@ -25,6 +25,7 @@ __all__ = [
     "by_setting_and_mode",
     "format_table",
     "fault_notes",
+    "wait_policy_note",
     "write_csv",
     "write_tensorboard",
     "write_plot",
@@ -195,6 +196,29 @@ def fault_notes(rows: List[dict], tolerance: float = 1.25, floor: int = 10_000) 
         "jemalloc or tcmalloc through LD_PRELOAD"
     )
     return "\n".join(notes)
+
+
+def wait_policy_note(rows: List[dict]) -> Optional[str]:
+    """A note where CPU rows with Tune were timed under ``OMP_WAIT_POLICY=PASSIVE`` on several threads:
+    every parallel region then waits for a sleeping thread to wake, and Tune's extra small operations
+    pay that more often than Deploy or Eval, so its time ratios read higher than under OpenMP's default
+    policy (measured in docs/benchmarks.md, "OpenMP's wait policy"). None otherwise."""
+    passive = [
+        r
+        for r in rows
+        if str(r.get("device", "")).startswith("cpu")
+        and (r.get("threads") or 1) > 1
+        and "omp_wait_policy=passive" in str(r.get("environment") or "").lower()
+        and r.get("mode") in ("tune", "compiled-tune")
+    ]
+    if not passive:
+        return None
+    return (
+        "note: OMP_WAIT_POLICY=PASSIVE puts every parallel region behind a sleeping thread's wake-up (tens "
+        "of microseconds on a CPU), which tune's extra small operations pay more often than the other "
+        "modes: its time ratios read higher than under OpenMP's default policy (docs/benchmarks.md, "
+        '"OpenMP\'s wait policy")'
+    )
 
 
 def write_csv(rows: List[dict], path: str) -> None:
