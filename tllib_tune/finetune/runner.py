@@ -252,7 +252,10 @@ class Runner:
         interval = self.config.progress_interval
         try:
             with progress_settings(interval=interval, sink=self.text_log.write if self.env.is_main else None):
-                return self._phases()
+                results = self._phases()
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank is done before any closes its connections (gloo can abort)
+            return results
         except FinetuneError as exc:
             self.text_log.write(f"error: {self.render(str(exc))}")
             raise
