@@ -203,15 +203,14 @@ def wait_policy_note(rows: List[dict]) -> Optional[str]:
     every parallel region then waits for a sleeping thread to wake, and Tune's extra small operations
     pay that more often than Deploy or Eval, so its time ratios read higher than under OpenMP's default
     policy (measured in docs/benchmarks.md, "OpenMP's wait policy"). None otherwise."""
-    passive = [
-        r
-        for r in rows
-        if str(r.get("device", "")).startswith("cpu")
+    timed_passive = any(
+        str(r.get("device", "")).startswith("cpu")
         and (r.get("threads") or 1) > 1
         and "omp_wait_policy=passive" in str(r.get("environment") or "").lower()
         and r.get("mode") in ("tune", "compiled-tune")
-    ]
-    if not passive:
+        for r in rows
+    )
+    if not timed_passive:
         return None
     return (
         "note: OMP_WAIT_POLICY=PASSIVE puts every parallel region behind a sleeping thread's wake-up (tens "
