@@ -58,8 +58,6 @@ with torch.no_grad():
 inv = torch.rsqrt(m.bn.running_var + m.bn.eps)
 negmean = -m.bn.running_mean
 x0 = torch.randn(n, cin, hw, hw)
-w = m.conv.weight.detach().clone().requires_grad_()
-b = torch.zeros(cout, requires_grad=True)
 g = torch.randn(n, cout, hw, hw)
 # correctness vs current
 xa = x0.clone().requires_grad_()
