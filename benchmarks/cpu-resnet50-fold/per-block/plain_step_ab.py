@@ -79,7 +79,15 @@ def routed(lean):
     def tune(tensors, eps, spec, requested):
         x, weight, bias, gamma, beta, mean, var = tensors
         strategy = cb.choose_strategy(spec, x, weight, x.dtype, requested)
-        if strategy != "weight" or bias is not None or torch.is_autocast_enabled(x.device.type):
+        dtypes = {t.dtype for t in (x, weight, gamma, beta, mean, var) if t is not None}
+        plain = dtypes <= {torch.float32} or dtypes <= {torch.float64}
+        if (
+            strategy != "weight"
+            or bias is not None
+            or gamma is None
+            or not plain
+            or torch.is_autocast_enabled(x.device.type)
+        ):
             return generic_tune(tensors, eps, spec, requested)
         consts = CONSTS[id(var)] if lean else None
         return Plain.apply(x, weight, gamma, beta, mean, var, eps, spec, consts)
