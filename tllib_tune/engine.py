@@ -463,20 +463,36 @@ def validate(
                 images, target = _to_device(images, target, device, channels_last)
                 with autocast_context(device, amp_dtype):
                     output = model(images)
-                output = output.float()
-                n = target.size(0)
-                acc1, acc5 = accuracy(output, target, topk=(1, 5))
-                totals += torch.tensor(
-                    [criterion(output, target).item() * n, acc1 * n / 100, acc5 * n / 100, n],
-                    dtype=torch.float64,
-                )
-                if num_classes:
-                    cells = target.cpu() * num_classes + output.argmax(dim=1).cpu()
-                    confusion += torch.bincount(cells, minlength=num_classes**2).double()
+                _score_batch(output.float(), target, criterion, totals, confusion, num_classes)
                 bar.update(1)
         finally:
             model.train(was_training)
     totals, stopped = _sum_over_ranks(torch.cat([totals, confusion]), stopped, device)
+    return _validation_result(totals, stopped, num_classes)
+
+
+def _score_batch(
+    output: Tensor,
+    target: Tensor,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    totals: Tensor,
+    confusion: Tensor,
+    num_classes: Optional[int],
+) -> None:
+    """Add one batch to :func:`validate`'s running ``totals`` (loss sum, top-1 and top-5 correct, count)
+    and, with ``num_classes``, to its flattened ``confusion`` counts (both in place)."""
+    n = target.size(0)
+    acc1, acc5 = accuracy(output, target, topk=(1, 5))
+    totals += torch.tensor(
+        [criterion(output, target).item() * n, acc1 * n / 100, acc5 * n / 100, n], dtype=torch.float64
+    )
+    if num_classes:
+        cells = target.cpu() * num_classes + output.argmax(dim=1).cpu()
+        confusion += torch.bincount(cells, minlength=num_classes**2).double()
+
+
+def _validation_result(totals: Tensor, stopped: bool, num_classes: Optional[int]) -> Dict[str, Any]:
+    """:func:`validate`'s metrics from the totals of every rank (followed by the confusion counts)."""
     count = totals[3].item()
     result: Dict[str, Any] = {
         "loss": totals[0].item() / count if count else float("nan"),
