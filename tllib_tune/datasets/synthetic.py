@@ -204,14 +204,20 @@ def _render(
     label: int, index: int, seed: int, image_size: int, variant: str = "source", mark_scale: float = 1.0
 ) -> Image.Image:
     """One image of class ``label``; all randomness comes from a generator seeded by (seed, label, index)
-    and the variant. ``mark_scale`` multiplies the species mark's size (not the random draws)."""
+    and the variant. ``mark_scale`` multiplies the species mark's size (not the random draws).
+    The stages below draw from the generator in this order; keep it, or every image changes."""
     cs = _class_set(variant)
     rng = np.random.default_rng([seed, label, index, VERSION, *cs.stream])
-    genus, species = divmod(label, len(cs.marks))
-    body, mark = cs.bodies[genus], cs.marks[species]
     size = 2 * image_size  # draw at twice the size, then downsample: cheap anti-aliasing
+    background = _background(rng, size)
+    if rng.random() < 1 / 3:  # a distractor mark in the background, a third of the time
+        _draw_distractor(rng, ImageDraw.Draw(background), cs, size)
+    layer = _subject(rng, cs, label, size, mark_scale)
+    return _photograph(rng, background, _posed(rng, layer, size), image_size)
 
-    # Background: gradient between two random colours plus faint blobs.
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A gradient between two random colours plus faint blobs (RGBA, ``size`` square)."""
     c0 = rng.uniform(40, 215, 3)
     c1 = rng.uniform(40, 215, 3)
     angle = rng.uniform(0, 2 * math.pi)
@@ -225,17 +231,22 @@ def _render(
         rx, ry = rng.uniform(0.05, 0.25, 2) * size
         col = tuple(int(v) for v in rng.uniform(0, 255, 3)) + (int(rng.integers(30, 90)),)
         bdraw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=col)
-    background = Image.alpha_composite(background, blobs)
+    return Image.alpha_composite(background, blobs)
 
-    # Distractor: a mark of a random kind in the background, a third of the time.
-    if rng.random() < 1 / 3:
-        ddraw = ImageDraw.Draw(background)
-        dx, dy = rng.uniform(0.08, 0.92, 2) * size
-        dcol = _rgb(rng.uniform(0, 1), rng.uniform(0.5, 1), rng.uniform(0.5, 1))
-        distractor = cs.marks[int(rng.integers(len(cs.marks)))]
-        _draw_mark(ddraw, distractor, dx, dy, size * rng.uniform(0.04, 0.06), dcol)
 
-    # Body: genus shape and colour family, with per-image variation.
+def _draw_distractor(rng: np.random.Generator, draw: ImageDraw.ImageDraw, cs: ClassSet, size: int) -> None:
+    """A mark of a random kind at a random place and colour."""
+    dx, dy = rng.uniform(0.08, 0.92, 2) * size
+    dcol = _rgb(rng.uniform(0, 1), rng.uniform(0.5, 1), rng.uniform(0.5, 1))
+    distractor = cs.marks[int(rng.integers(len(cs.marks)))]
+    _draw_mark(draw, distractor, dx, dy, size * rng.uniform(0.04, 0.06), dcol)
+
+
+def _subject(rng: np.random.Generator, cs: ClassSet, label: int, size: int, mark_scale: float) -> Image.Image:
+    """The class's subject, centred on a transparent layer: the genus's body shape and colour family, a
+    darker head disc (the same for every class) and, behind it, the species mark (its shape is what
+    matters; its colour is random)."""
+    genus, species = divmod(label, len(cs.marks))
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     length = size * rng.uniform(0.5, 0.62)
@@ -243,20 +254,21 @@ def _render(
     hue = cs.hues[genus] + rng.uniform(-0.06, 0.06)
     body_col = _rgb(hue, rng.uniform(0.45, 0.9), rng.uniform(0.45, 0.95))
     c = size / 2
-    outline = [(c + x, c + y) for x, y in _body_polygon(body, length, width)]
-    draw.polygon(outline, fill=body_col)
-    # Head: a darker disc at the front end, the same for all classes.
+    draw.polygon([(c + x, c + y) for x, y in _body_polygon(cs.bodies[genus], length, width)], fill=body_col)
     hr = width * 0.22
     head_col = _rgb(hue, 0.6, rng.uniform(0.15, 0.35))
     draw.ellipse((c + length * 0.32 - hr, c - hr, c + length * 0.32 + hr, c + hr), fill=head_col)
-    # Species mark: small, on the body behind the head, colour random (the shape is what matters).
     mark_hue = hue + 0.5 + rng.uniform(-0.15, 0.15)
     mark_col = _rgb(mark_hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0) if rng.random() < 0.5 else 0.2)
     mx = c - length * rng.uniform(0.02, 0.12)
     my = c + width * rng.uniform(-0.08, 0.08)
-    _draw_mark(draw, mark, mx, my, size * rng.uniform(0.065, 0.08) * mark_scale, mark_col)
+    _draw_mark(draw, cs.marks[species], mx, my, size * rng.uniform(0.065, 0.08) * mark_scale, mark_col)
+    return layer
 
-    # Pose: mirror, rotate, scale, shift.
+
+def _posed(rng: np.random.Generator, layer: Image.Image, size: int) -> Tuple[Image.Image, int, int]:
+    """The subject's layer mirrored (half the time), scaled and rotated, with where its top-left corner
+    goes on the canvas (a random shift about the centre)."""
     if rng.random() < 0.5:
         layer = layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     scale = rng.uniform(0.75, 1.1)
@@ -265,10 +277,17 @@ def _render(
     layer = layer.rotate(rng.uniform(-40, 40), resample=Image.Resampling.BICUBIC)
     ox = round((size - scaled) / 2 + rng.uniform(-0.12, 0.12) * size)
     oy = round((size - scaled) / 2 + rng.uniform(-0.12, 0.12) * size)
+    return layer, ox, oy
+
+
+def _photograph(
+    rng: np.random.Generator, background: Image.Image, posed: Tuple[Image.Image, int, int], image_size: int
+) -> Image.Image:
+    """The posed subject over the background, downsampled to ``image_size``, with random lighting and
+    sensor noise (RGB)."""
+    layer, ox, oy = posed
     canvas = background.copy()
     canvas.alpha_composite(layer, dest=(max(ox, 0), max(oy, 0)), source=(max(-ox, 0), max(-oy, 0)))
-
-    # Lighting and sensor noise at the final size.
     image = canvas.convert("RGB").resize((image_size, image_size), Image.Resampling.LANCZOS)
     pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.8, 1.2)
     pixels += rng.normal(0.0, 6.0, pixels.shape)
