@@ -393,22 +393,8 @@ def ensure_synthetic(
     base = root / CUB_DIR
     wanted = _params(seed, num_classes, images_per_class, image_size, variant, mark_scale)
 
-    def check_existing() -> Path:
-        found = _existing_params(base)
-        if found is None:
-            raise DatasetError(
-                f"{base} exists but is not a synthetic set made by tllib-tune (no valid {MARKER}); it may "
-                "be the real CUB-200-2011. Use another root for the synthetic set."
-            )
-        if found != wanted:
-            raise DatasetError(
-                f"{base} holds a synthetic set made with {found}, not the requested {wanted}. Use another "
-                "root or delete that folder."
-            )
-        return base
-
     if base.exists():
-        return check_existing()
+        return _check_existing(base, wanted)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root))
     try:
@@ -426,10 +412,27 @@ def ensure_synthetic(
             os.rename(tmp / CUB_DIR, base)
         except OSError:
             if base.exists():  # another process finished first: accept its identical result
-                return check_existing()
+                return _check_existing(base, wanted)
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return base
+
+
+def _check_existing(base: Path, wanted: Dict[str, object]) -> Path:
+    """``base`` if it holds the synthetic set made with the parameters ``wanted``; else an error that says
+    what is there (another set, or not a synthetic one at all) and what to do."""
+    found = _existing_params(base)
+    if found is None:
+        raise DatasetError(
+            f"{base} exists but is not a synthetic set made by tllib-tune (no valid {MARKER}); it may "
+            "be the real CUB-200-2011. Use another root for the synthetic set."
+        )
+    if found != wanted:
+        raise DatasetError(
+            f"{base} holds a synthetic set made with {found}, not the requested {wanted}. Use another "
+            "root or delete that folder."
+        )
     return base
 
 
