@@ -12,7 +12,15 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then  # the first of python, python3 that imports torch (some GPU images have only python3)
+  for candidate in python python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import torch" >/dev/null 2>&1; then
+      PY="$candidate"; break
+    fi
+  done
+  [ -n "$PY" ] || { echo "device_check.sh: error: no python or python3 on PATH imports torch; set PYTHON=/path/to/python" >&2; exit 2; }
+fi
 DEVICE=cuda
 OUT=""
 STEPS=20
@@ -35,7 +43,7 @@ mkdir -p "$OUT" || { echo "device_check.sh: error: --out $OUT: cannot create it"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 failed=0
-step() { echo; echo "== $*"; }
+step() { echo; echo "== [${SECONDS}s] $*"; }  # seconds since the start: where the time goes
 
 if [ "$DEVICE" = cpu ]; then
   ARCH=resnet18; SETTINGS=2x32; COMPILED_SETTINGS=2x32; BACKEND=aot_eager; REPEATS=1; WARMUP=0
@@ -70,5 +78,5 @@ done
 
 step "summary"
 "$PY" -m tllib_tune.benchmark.device_summary "$OUT" || failed=1
-[ "$failed" = 0 ] && echo "device check passed: $OUT" || echo "device check FAILED (see above): $OUT"
+[ "$failed" = 0 ] && echo "device check passed in ${SECONDS}s: $OUT" || echo "device check FAILED (see above) after ${SECONDS}s: $OUT"
 exit "$failed"

@@ -36,8 +36,9 @@ EXPECTED_COLUMNS = {
 MODES = {"train", "eval", "tune", "deploy", "inplace-abn"}
 
 
-def _run(*args):
+def _run(*args, **extra_env):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(extra_env)
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
@@ -47,13 +48,17 @@ def _bench(argv):
     return IterationBenchmark(settings_from(parse_args(argv)))
 
 
-def test_tiny_run_writes_csv_plot_tensorboard_and_table(tmp_path):
+def test_tiny_run_writes_csv_plot_tensorboard_report_log_and_table(tmp_path):
     out = tmp_path / "bench"
     proc = _run(
         "--arch", "resnet18", "--batch-sizes", "2,3", "--input-sizes", "32", "--repeats", "2",
-        "--warmup", "0", "--device", "cpu", "--out", str(out),
+        "--warmup", "0", "--device", "cpu", "--out", str(out), TLLIB_TUNE_PROGRESS_INTERVAL="0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    report = (out / "report.txt").read_text()
+    assert "environment: " in report and "target " in report and report.strip() in proc.stdout
+    log = (out / "log.txt").read_text().splitlines()  # a plain progress line per iteration here
+    assert log and all(line.startswith("resnet18 on cpu: iter ") for line in log) and "20/20" in log[-1]
     with open(out / "results.csv") as f:
         reader = csv.DictReader(f)
         assert set(reader.fieldnames) == EXPECTED_COLUMNS

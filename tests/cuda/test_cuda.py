@@ -1,5 +1,10 @@
 """The GPU paths (marked ``cuda``; scripts/device_check.sh runs them): every mode and tune strategy
-against eval, fp16 under GradScaler, bf16, channels_last, torch.compile, and Tune's memory on the device.
+against eval, fp16 under GradScaler, bf16, TF32, channels_last, torch.compile, and Tune's memory on the
+device.
+
+Float32 comparisons run with TF32 off (cuDNN convolutions use it by default on Ampere and later GPUs, which
+rounds their inputs to 10 mantissa bits: Tune and Eval then differ by that rounding, not by 1e-4);
+the TF32 test compares both with the exact float32 step instead.
 
 They run on ``cuda`` and skip cleanly without it. With TLLIB_TUNE_TEST_DEVICE=cpu they run the same code
 on the CPU (scripts/device_check.sh --device cpu), where the CPU can (fp16 needs CPU autocast support;
@@ -28,6 +33,15 @@ pytestmark = [
         reason="no CUDA device (set TLLIB_TUNE_TEST_DEVICE=cpu to run these on the CPU)",
     ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """TF32 off for cuDNN convolutions and matrix products during each test (restored after)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _block(strategy: str = "auto", bias: bool = False) -> ConvBN:
@@ -99,6 +113,25 @@ def test_tune_under_autocast_is_as_close_to_float32_as_eval(amp):
         scaler = torch.amp.GradScaler(device_type, init_scale=1024.0) if amp == "fp16" else None
         loss, grads = _amp_step(net, mode, dtype, x, scaler)
         assert torch.isfinite(loss) and torch.isfinite(grads).all()
+        errors[mode] = (rel_err(loss, ref_loss), rel_err(grads, ref_grads))
+    for tune_err, eval_err in zip(errors["tune"], errors["eval"]):
+        assert tune_err <= max(2 * eval_err, 2e-3), errors
+
+
+def test_tune_under_tf32_is_as_close_to_float32_as_eval():
+    """With TF32 on (cuDNN's default for float32 convolutions on Ampere and later), Tune convolves with
+    W * s and Eval with W before normalising: each rounds its own way, so each is compared with the exact
+    float32 step."""
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("TF32 is a CUDA setting: on the CPU float32 is exact and the tests above cover it")
+    net = _net()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    ref_loss, ref_grads = _amp_step(net, "eval", None, x)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    errors = {}
+    for mode in ("eval", "tune"):
+        loss, grads = _amp_step(net, mode, None, x)
         errors[mode] = (rel_err(loss, ref_loss), rel_err(grads, ref_grads))
     for tune_err, eval_err in zip(errors["tune"], errors["eval"]):
         assert tune_err <= max(2 * eval_err, 2e-3), errors

@@ -14,8 +14,9 @@ compiled-tune, compiled-deploy are ours under torch.compile (each compiled afres
 off; compile time reported apart); eval+ckpt and tune+ckpt checkpoint every backbone stage.
 
 The benchmark writes results.csv, a TensorBoard run and a PNG plot (with the "plot" extra) to --out,
-prints the table, then Tune's ratios against the product's targets; the header names the thread count
-and the OpenMP/allocator settings in the environment. A bad command line exits with status 2.
+prints the table, then Tune's ratios against the product's targets (the same text in --out/report.txt);
+the header names the thread count and the OpenMP/allocator settings in the environment. Its progress
+lines go to --out/log.txt as well as to the terminal. A bad command line exits with status 2.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..common import atomic_write
 from ..models import check_model
-from ..progress import progress_bar
+from ..progress import progress_bar, progress_settings
 from ..utils.cli import flag_names, print_error, to_flags
 from .measure import ALL_MODES, DEFAULT_MODES, BenchmarkSettings, IterationBenchmark, timing_environment
 from .peers import COMPILED_MODES, compile_problem, fresh_compile_state
@@ -186,22 +188,28 @@ def settings_from(args: argparse.Namespace) -> BenchmarkSettings:
 
 
 def _report(rows: List[dict], args: argparse.Namespace) -> None:
+    """Print the run's table and notes, and write them (report.txt) and its rows (CSV, TensorBoard,
+    plot) to ``args.out``."""
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    print(
-        f"\n{args.arch}, {device_name}, amp={args.amp}, channels_last={args.channels_last}, "
+    parts = [
+        f"{args.arch}, {device_name}, amp={args.amp}, channels_last={args.channels_last}, "
         f"threads={torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up\n"
-        f"environment: {timing_environment()}"
-    )
-    print(format_table(rows, args.modes))
-    for extra in (format_targets(rows), fault_notes(rows), wait_policy_note(rows)):
-        if extra:
-            print("\n" + extra)
+        f"environment: {timing_environment()}\n{format_table(rows, args.modes)}"
+    ]
+    parts += [extra for extra in (format_targets(rows), fault_notes(rows), wait_policy_note(rows)) if extra]
+    text = "\n\n".join(parts)
+    print("\n" + text)
+    with atomic_write(os.path.join(args.out, "report.txt"), "w") as f:
+        f.write(text + "\n")
     write_csv(rows, os.path.join(args.out, "results.csv"))
     write_tensorboard(rows, args.out)
     plotted = not args.no_plot and write_plot(rows, args.modes, os.path.join(args.out, "benchmark.png"))
     if not args.no_plot and not plotted:
         print('matplotlib is not installed: no plot (pip install -e ".[plot]")', file=sys.stderr)
-    print(f"\nwrote {os.path.join(args.out, 'results.csv')}" + (" and benchmark.png" if plotted else ""))
+    print(
+        f"\nwrote {os.path.join(args.out, 'results.csv')}, report.txt"
+        + (", benchmark.png" if plotted else "")
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
@@ -227,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     total = len(settings) * ((args.warmup + args.repeats) * len(args.modes) + compiled)
     rows: List[dict] = []
     with (
+        open(os.path.join(args.out, "log.txt"), "a", encoding="utf-8", buffering=1) as log,
+        progress_settings(sink=lambda line: log.write(line + "\n")),
         _compile_state(args.modes),
         progress_bar(total=total, desc=f"{args.arch} on {args.device}", unit="iter") as progress,
     ):
