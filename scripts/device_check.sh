@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU readiness in one command: the CUDA-marked tests, the benchmark at the paper's Appendix E sizes (batch
-# 16/32/64 at 224, batch 32 at 288/448, CUDA peak memory), the compiled peers at 32 x 224, then a short
-# fine-tune in each mode; ends with one summary table (also in OUT/summary.md).
+# 16/32/64 at 224, batch 32 at 288/448, CUDA peak memory), a short fine-tune in each mode, then the compiled
+# peers at 32 x 224 (last: compiling takes longest); ends with one summary table (also in OUT/summary.md;
+# `python -m tllib_tune.benchmark.device_summary OUT` rebuilds it from what a run cut short left).
 #
 #   scripts/device_check.sh                      # on the GPU; writes benchmarks/cuda-<date>/
 #   scripts/device_check.sh --device cpu --out /tmp/check --steps 2 --finetune-modes tune   # tiny, on the CPU
@@ -51,7 +52,7 @@ if [ "$DEVICE" = cpu ]; then
 else
   ARCH=resnet50; SETTINGS=16x224,32x224,64x224,32x288,32x448; COMPILED_SETTINGS=32x224; BACKEND=inductor
   REPEATS=10; WARMUP=3
-  FT=(-a resnet50 --input-size 224 -b 32 -j 4)
+  FT=(-a resnet50 --input-size 224 -b 32 -j 0)  # no loader workers: containers' /dev/shm is often too small
 fi
 
 step "cuda-marked tests on $DEVICE"
@@ -63,18 +64,18 @@ step "benchmark: $ARCH at $SETTINGS"
   --modes train,eval,tune,deploy,inplace-abn,eval+ckpt,tune+ckpt --repeats "$REPEATS" --warmup "$WARMUP" \
   --no-plot --out "$OUT/bench-modes" || failed=1
 
+for mode in $FT_MODES; do
+  step "fine-tune: $STEPS steps in $mode"
+  "$PY" examples/finetune.py -d synthetic --root "$OUT/synthetic" --pretrained none --mode "$mode" \
+    "${FT[@]}" --iters-per-epoch "$STEPS" --epochs 1 --device "$DEVICE" --log "$OUT/finetune/$mode" || failed=1
+done
+
 if [ "$COMPILE" = 1 ]; then
   step "benchmark: compiled peers at $COMPILED_SETTINGS ($BACKEND)"
   "$PY" scripts/benchmark_modes.py --arch "$ARCH" --device "$DEVICE" --settings "$COMPILED_SETTINGS" \
     --modes eval,tune,deploy,compiled-pass,compiled-tune,compiled-deploy --compile-backend "$BACKEND" \
     --repeats "$REPEATS" --warmup "$WARMUP" --no-plot --out "$OUT/bench-compiled" || failed=1
 fi
-
-for mode in $FT_MODES; do
-  step "fine-tune: $STEPS steps in $mode"
-  "$PY" examples/finetune.py -d synthetic --root "$OUT/synthetic" --pretrained none --mode "$mode" \
-    "${FT[@]}" --iters-per-epoch "$STEPS" --epochs 1 --device "$DEVICE" --log "$OUT/finetune/$mode" || failed=1
-done
 
 step "summary"
 "$PY" -m tllib_tune.benchmark.device_summary "$OUT" || failed=1
