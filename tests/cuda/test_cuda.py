@@ -157,23 +157,30 @@ def test_channels_last_tune_equals_eval_and_keeps_deploys_memory():
     assert memory["tune"] == memory["deploy"] < 0.6 * memory["eval"]
 
 
-def test_tune_peak_memory_on_the_device_is_below_evals():
+def test_tune_holds_half_of_evals_device_memory_after_forward_and_less_at_the_peak():
+    """What the CUDA allocator holds once the forward is done (the activations kept for backward, and
+    the output) is about half of Eval's in Tune; the step's peak (which adds the gradients, cuDNN's
+    workspaces and backward's temporaries, alike in both modes) is lower too."""
     if not DEVICE.startswith("cuda"):
-        pytest.skip("peak allocated memory is CUDA's; on the CPU the saved bytes above stand for it")
+        pytest.skip("allocated memory is CUDA's; on the CPU the saved bytes above stand for it")
     net = _net("resnet50")
     x = torch.randn(8, 3, 112, 112, device=DEVICE)
-    peaks = {}
+    held, peaks = {}, {}
     for mode in ("eval", "tune"):
         set_mode(net.backbone, mode)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        net(x).sum().backward()
+        loss = net(x).sum()
+        held[mode] = torch.cuda.memory_allocated() - base
+        loss.backward()
         torch.cuda.synchronize()
         peaks[mode] = torch.cuda.max_memory_allocated() - base
+        del loss
         net.zero_grad(set_to_none=True)
-    assert peaks["tune"] < 0.8 * peaks["eval"], peaks
+    assert held["tune"] < 0.6 * held["eval"], held
+    assert peaks["tune"] < peaks["eval"], peaks
 
 
 def test_compiled_tune_equals_eager_tune_on_the_device():
