@@ -1,0 +1,86 @@
+"""How much any formulation of compiled Tune can win over PyTorch's compiled pass: a count, not a timing.
+
+The convolutions are the same calls in every formulation; what differs are the memory-bound passes over
+weight-sized tensors (and, for the output form, gradient-sized ones) around them. Per convolution with W
+weights and A output elements, counted in floats read plus written per training step:
+
+- the pass: forward W' = W * s (read W, write W': 2W); backward dL/dW = dL/dW' * s with gamma's share
+  sum(dL/dW' * W) (read dL/dW' and W, write dL/dW: 3W). It keeps W' for backward instead of recomputing it.
+- compiled Tune as it is: the pass's 5W plus W * s recomputed in backward (2W).
+- hybrid: the fold in forward (2W); in backward the gradient scaled per channel and the convolution's
+  backward run with W, so dL/dW comes out of it and gamma's share reads dL/dW and W (2W). Scaling the
+  gradient is free where inductor fuses it into the kernel that makes the gradient (a convolution whose
+  output feeds a ReLU only); where the unscaled gradient is needed elsewhere too (the last convolution of a
+  bottleneck and its shortcut, summed with the identity) it is one more write of A.
+- output form: no weight-sized pass in forward (the output is scaled inside the fused elementwise tail),
+  backward as the hybrid's.
+- zero-cost fold: no pass at all (what a convolution kernel that scales W as it loads it would reach).
+
+Each "best" row takes, per convolution, the cheapest of the forms listed. Run:
+``python benchmarks/cpu-resnet50-peers/hybrid/traffic_count.py`` (a few seconds; no timing involved).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+SETTINGS = ((8, 112), (16, 224))
+BYTES = 4  # float32
+#: The pass's median step on this machine (benchmarks/cpu-resnet50-peers/omp-default1-3, compiled-pass).
+PASS_STEP_S = {(8, 112): (0.582, 0.601), (16, 224): (3.037, 3.233)}
+BANDWIDTH_GB_S = (10.0, 12.0)  # what the fold's passes reach here (docs/benchmarks.md)
+
+
+def conv_sizes(batch: int, size: int):
+    """(name, weight numel, output numel) of every convolution of torchvision's ResNet-50."""
+    model = torchvision.models.resnet50().eval()
+    out = {}
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o.numel()))
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(batch, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return [(n, dict(model.named_modules())[n].weight.numel(), a) for n, a in out.items()]
+
+
+def per_conv(name: str, w: int, a: int) -> dict:
+    """Floats moved by each formulation for one convolution."""
+    fused = not (name.endswith("conv3") or "downsample" in name)  # its output gradient comes from a ReLU only
+    scale_grad = 0 if fused else a
+    forms = {
+        "pass": 5 * w,
+        "compiled Tune (recomputes W * s)": 7 * w,
+        "hybrid": 4 * w + scale_grad,
+        "output form": 2 * w + scale_grad,
+        "zero-cost fold": 0,
+    }
+    forms["best of compiled Tune, hybrid"] = min(forms["compiled Tune (recomputes W * s)"], forms["hybrid"])
+    forms["best of all three forms"] = min(forms["best of compiled Tune, hybrid"], forms["output form"])
+    return forms
+
+
+def main() -> None:
+    for batch, size in SETTINGS:
+        totals: dict = {}
+        for name, w, a in conv_sizes(batch, size):
+            for form, floats in per_conv(name, w, a).items():
+                totals[form] = totals.get(form, 0) + floats
+        lo_step, hi_step = PASS_STEP_S[(batch, size)]
+        print(f"ResNet-50 {batch} x {size}: floats moved outside the convolutions; difference to the pass")
+        for form, floats in totals.items():
+            diff_mb = (floats - totals["pass"]) * BYTES / 1e6
+            ms = [diff_mb / bw for bw in BANDWIDTH_GB_S]  # MB / (GB/s) = ms
+            pct = [100 * m / 1e3 / s for m in ms for s in (lo_step, hi_step)]
+            print(
+                f"  {form:34s} {floats / 1e6:7.1f} M {diff_mb:+8.1f} MB {min(ms):+6.1f} to {max(ms):+6.1f} ms"
+                f"  {min(pct):+5.2f} to {max(pct):+5.2f} % of the pass's step"
+            )
+
+
+if __name__ == "__main__":
+    main()
