@@ -1,8 +1,8 @@
 """How much any formulation of compiled Tune can win over PyTorch's compiled pass: a count, not a timing.
 
 The convolutions are the same calls in every formulation; what differs are the memory-bound passes over
-weight-sized tensors (and, for the output form, gradient-sized ones) around them. Per convolution with W
-weights and A output elements, counted in floats read plus written per training step:
+weight-sized tensors (and, for the hybrid and output forms, gradient-sized ones) around them. Per
+convolution with W weights and A output elements, counted in floats read plus written per training step:
 
 - the pass: forward W' = W * s (read W, write W': 2W); backward dL/dW = dL/dW' * s with gamma's share
   sum(dL/dW' * W) (read dL/dW' and W, write dL/dW: 3W). It keeps W' for backward instead of recomputing it.
@@ -22,30 +22,40 @@ Each "best" row takes, per convolution, the cheapest of the forms listed. Run:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torchvision
 
+from tllib_tune.benchmark.pool import read_rows
+
 SETTINGS = ((8, 112), (16, 224))
 BYTES = 4  # float32
-#: The pass's median step on this machine (benchmarks/cpu-resnet50-peers/omp-default1-3, compiled-pass).
-PASS_STEP_S = {(8, 112): (0.582, 0.601), (16, 224): (3.037, 3.233)}
+#: The runs whose compiled-pass medians give the step the differences are a share of.
+RUNS = [Path(__file__).resolve().parents[1] / f"omp-default{k}" for k in (1, 2, 3)]
 BANDWIDTH_GB_S = (10.0, 12.0)  # what the fold's passes reach here (docs/benchmarks.md)
+
+
+def pass_steps() -> dict:
+    """(batch, size) -> the lowest and highest median step of compiled-pass over :data:`RUNS`."""
+    steps: dict = {}
+    for run in RUNS:
+        for row in read_rows(str(run)):
+            if row["mode"] == "compiled-pass":
+                steps.setdefault((row["batch_size"], row["input_size"]), []).append(row["median_s"])
+    return {setting: (min(s), max(s)) for setting, s in steps.items()}
 
 
 def conv_sizes(batch: int, size: int):
     """(name, weight numel, output numel) of every convolution of torchvision's ResNet-50."""
     model = torchvision.models.resnet50().eval()
-    out = {}
-    hooks = [
-        m.register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o.numel()))
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d)
-    ]
+    sizes = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda m, i, o, n=name: sizes.append((n, m.weight.numel(), o.numel())))
     with torch.no_grad():
         model(torch.zeros(batch, 3, size, size))
-    for h in hooks:
-        h.remove()
-    return [(n, dict(model.named_modules())[n].weight.numel(), a) for n, a in out.items()]
+    return sizes
 
 
 def per_conv(name: str, w: int, a: int) -> dict:
@@ -65,12 +75,13 @@ def per_conv(name: str, w: int, a: int) -> dict:
 
 
 def main() -> None:
+    steps = pass_steps()
     for batch, size in SETTINGS:
         totals: dict = {}
         for name, w, a in conv_sizes(batch, size):
             for form, floats in per_conv(name, w, a).items():
                 totals[form] = totals.get(form, 0) + floats
-        lo_step, hi_step = PASS_STEP_S[(batch, size)]
+        lo_step, hi_step = steps[(batch, size)]
         print(f"ResNet-50 {batch} x {size}: floats moved outside the convolutions; difference to the pass")
         for form, floats in totals.items():
             diff_mb = (floats - totals["pass"]) * BYTES / 1e6
