@@ -27,6 +27,13 @@ def _net() -> nn.Sequential:
     return randomize_all_bn_(net, seed=1, wide=True)
 
 
+def _inputs():
+    """A float64 input batch for :func:`_net` (gradient wanted) and the gradient its output gets."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+    return x, torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=gen)
+
+
 def _step(model, x, upstream):
     params = [x] + [p for p in model.parameters()]
     with SavedTensorMeter(exclude=[model]) as meter:
@@ -37,9 +44,7 @@ def _step(model, x, upstream):
 @needs_compiler
 def test_compiled_tune_equals_eager_tune_in_float64_and_keeps_deploys_memory():
     net = _net()
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, generator=gen, requires_grad=True)
-    upstream = torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=gen)
+    x, upstream = _inputs()
     set_mode(net, "tune")
     eager_out, eager_grads, eager_bytes = _step(net, x, upstream)
     torch._dynamo.reset()

@@ -96,12 +96,10 @@ def check_float64(names):
     thread when imported: the timed steps get back the threads the run had."""
     threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     from tests.conftest import rel_err
-    from tests.modules.test_tune_compiled import _net, _step
+    from tests.modules.test_tune_compiled import _inputs, _net, _step
 
     net = _net()
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, generator=gen, requires_grad=True)
-    up = torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=gen)
+    x, up = _inputs()
     set_mode(net, "tune")
     out, grads, _ = _step(net, x, up)
     for name in names:
