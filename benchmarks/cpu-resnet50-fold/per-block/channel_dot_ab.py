@@ -61,7 +61,7 @@ def main(rounds: int, threads: int) -> None:
     print(f"{'form':18s} {'median ms':>10s} {'ratio to vecdot':>16s} {'quartiles':>14s}")
     for name in names:
         ratios = sorted(t / b for t, b in zip(times[name], base))
-        q1, q3 = statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
         print(f"{name:18s} {statistics.median(times[name]) * 1e3:10.2f} {statistics.median(ratios):16.3f} "
               f"{q1:6.3f}-{q3:.3f}")  # fmt: skip
 
