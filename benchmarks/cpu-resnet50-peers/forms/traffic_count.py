@@ -7,6 +7,9 @@ convolution with W weights and A output elements, counted in floats read plus wr
 - the pass: forward W' = W * s (read W, write W': 2W); backward dL/dW = dL/dW' * s with gamma's share
   sum(dL/dW' * W) (read dL/dW' and W, write dL/dW: 3W). It keeps W' for backward instead of recomputing it.
 - compiled Tune as it is: the pass's 5W plus W * s recomputed in backward (2W).
+- split: the fold in forward (2W); in backward the convolution's weight gradient first, then one loop that
+  reads dL/dW' and W and writes dL/dW and the recomputed W' (4W), then the input gradient with W'. One read
+  of W less than compiled Tune (forms_ab.py's "split"; inductor does fuse the loop).
 - hybrid: the fold in forward (2W); in backward the gradient scaled per channel and the convolution's
   backward run with W, so dL/dW comes out of it and gamma's share reads dL/dW and W (2W). Scaling the
   gradient is free where inductor fuses it into the kernel that makes the gradient (a convolution whose
@@ -75,6 +78,7 @@ def per_conv(name: str, w: int, a: int, pointwise: bool) -> dict:
     forms = {
         "pass": 5 * w,
         "compiled Tune (recomputes W * s)": 7 * w,
+        "split (one fused backward loop)": 6 * w,
         "hybrid": 4 * w + scale_grad,
         "output form": 2 * w + scale_grad + layout_copy,
         "zero-cost fold": 0,
