@@ -88,6 +88,7 @@ class SplitBackwardOp(torch.autograd.Function):
         _, grad_folded_w, grad_b = op_backward(ctx.spec, g, x, weight, (False, True, True))
         view = channel_view(scale, weight.dim())
         grad_w = grad_folded_w * view
+        # fold.channel_dot's sum in plain mul and sum, which inductor puts in the same loop as W'
         share = (grad_folded_w * weight).sum(tuple(range(1, weight.dim())))
         grad_x = None
         if ctx.needs_input_grad[0]:

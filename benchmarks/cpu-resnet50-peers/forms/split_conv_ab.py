@@ -2,8 +2,8 @@
 forms_ab.py's "split" form, in eager code; the library is not changed by it.)
 
 At four ResNet-50 shapes at batch 16 x 224 (channels-last, float32), ``aten.convolution_backward`` with
-mask [True, True, True] against two calls, [False, True, True] then [True, False, False]; rounds alternate
-the two, and the median per-round ratio is printed. Usage, from the repository root:
+mask [True, True, True] against two calls, [False, True, True] then [True, False, False]; each round
+times the one call, then the two, and the median per-round ratio is printed. Usage, from the repository root:
 
     python benchmarks/cpu-resnet50-peers/forms/split_conv_ab.py [ROUNDS]
 """
@@ -34,7 +34,8 @@ def ratio(n: int, ci: int, co: int, hw: int, k: int, rounds: int) -> float:
         backward(g, x, w, *args, [False, True, True])
         backward(g, x, w, *args, [True, False, False])
 
-    one(), two()
+    one()  # warm-up: oneDNN's first call of a shape sets it up
+    two()
     ratios = []
     for _ in range(rounds):
         t0 = time.perf_counter()
