@@ -9,16 +9,9 @@ every other round); printed: each variant's median step and the median and quart
 Usage: python plain_step_ab.py N HW ROUNDS [THREADS]  (run with the retained-memory MALLOC_* variables).
 """
 
-import copy
-import statistics as st
-import sys
-import time
-
 import torch
+from step_ab import GENERIC_TUNE, Bench, bitwise_equal, interleave, parse_args, plain_weight_call, report
 
-import tllib_tune.modules.convbn as cb
-from tllib_tune import set_mode
-from tllib_tune.models import get_model
 from tllib_tune.modules import ConvBNBase
 from tllib_tune.modules.fold import fold_bias, fold_bias_backward, fold_weight, fold_weight_backward
 from tllib_tune.modules.ops import op_backward, op_forward
@@ -60,86 +53,42 @@ class Plain(torch.autograd.Function):
         return grad_x, grad_w, grad_gamma, grad_fb, None, None, None, None, None
 
 
-n, hw, rounds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-if len(sys.argv) > 4:
-    torch.set_num_threads(int(sys.argv[4]))
-torch.manual_seed(0)
-model = get_model("resnet50", pretrained=False)
-deploy = copy.deepcopy(model)
-set_mode(deploy, "deploy")
-set_mode(model, "tune")
-blocks = [m for m in model.modules() if isinstance(m, ConvBNBase)]
+n, hw, rounds = parse_args()
+bench = Bench(n, hw)
+blocks = [m for m in bench.model.modules() if isinstance(m, ConvBNBase)]
 CONSTS = {
     id(b.bn.running_var): (torch.rsqrt(b.bn.running_var + b.bn.eps), -b.bn.running_mean) for b in blocks
 }
-generic_tune = cb._tune
 
 
 def routed(lean):
     def tune(tensors, eps, spec, requested):
-        x, weight, bias, gamma, beta, mean, var = tensors
-        strategy = cb.choose_strategy(spec, x, weight, x.dtype, requested)
-        dtypes = {t.dtype for t in (x, weight, gamma, beta, mean, var) if t is not None}
-        plain = dtypes <= {torch.float32} or dtypes <= {torch.float64}
-        if (
-            strategy != "weight"
-            or bias is not None
-            or gamma is None
-            or not plain
-            or torch.is_autocast_enabled(x.device.type)
-        ):
-            return generic_tune(tensors, eps, spec, requested)
+        if not plain_weight_call(tensors, spec, requested):
+            return GENERIC_TUNE(tensors, eps, spec, requested)
+        x, weight, _, gamma, beta, mean, var = tensors
         consts = CONSTS[id(var)] if lean else None
         return Plain.apply(x, weight, gamma, beta, mean, var, eps, spec, consts)
 
     return tune
 
 
-x = torch.randn(n, 3, hw, hw)
-with torch.no_grad():
-    g = torch.randn_like(deploy(x))  # the backbone's feature map
-
-
-def step(m, tune=generic_tune):
-    cb._tune = tune
-    try:
-        t0 = time.perf_counter()
-        m(x).backward(g)
-        elapsed = time.perf_counter() - t0
-    finally:
-        cb._tune = generic_tune
-    grads = [p.grad for p in m.parameters()]
-    for p in m.parameters():
-        p.grad = None
-    return elapsed, grads
-
-
 variants = {
-    "generic": lambda: step(model),
-    "plain": lambda: step(model, routed(False)),
-    "lean": lambda: step(model, routed(True)),
-    "deploy": lambda: step(deploy),
+    "generic": lambda: bench.step(bench.model),
+    "plain": lambda: bench.step(bench.model, routed(False)),
+    "lean": lambda: bench.step(bench.model, routed(True)),
+    "deploy": lambda: bench.step(bench.deploy),
 }
 ref = variants["generic"]()[1]
 for name in ("plain", "lean"):
-    same = all(a is b is None or torch.equal(a, b) for a, b in zip(ref, variants[name]()[1]))
-    print(f"{name}: gradients bitwise equal to generic: {same}")
-times = {k: [] for k in variants}
-names = list(variants)
-for r in range(rounds + 2):
-    for k in names if r % 2 == 0 else names[::-1]:
-        t = variants[k]()[0]
-        if r >= 2:
-            times[k].append(t)
-for k in names:
-    print(f"{k:8s} median step {st.median(times[k]):.4f} s")
-for a, b in (
-    ("generic", "deploy"),
-    ("plain", "deploy"),
-    ("lean", "deploy"),
-    ("plain", "generic"),
-    ("lean", "generic"),
-):
-    ratios = [u / v for u, v in zip(times[a], times[b])]
-    q = st.quantiles(ratios, n=4)
-    print(f"{a}/{b}: median {st.median(ratios):.4f} (quartiles {q[0]:.4f}-{q[2]:.4f})")
+    print(f"{name}: gradients bitwise equal to generic: {bitwise_equal(ref, variants[name]()[1])}")
+times = interleave(variants, rounds)
+report(
+    times,
+    (
+        ("generic", "deploy"),
+        ("plain", "deploy"),
+        ("lean", "deploy"),
+        ("plain", "generic"),
+        ("lean", "generic"),
+    ),
+)
