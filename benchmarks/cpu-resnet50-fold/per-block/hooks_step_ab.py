@@ -17,7 +17,7 @@ tllib_tune.utils.memory.SavedTensorMeter measures activation memory.
 import torch
 from step_ab import GENERIC_TUNE, Bench, bitwise_equal, interleave, parse_args, plain_weight_call, report
 
-from tllib_tune.modules.fold import channel_view
+from tllib_tune.modules.fold import bn_scale, fold_bias, fold_weight
 from tllib_tune.modules.ops import op_forward
 
 COUNT = {"routed": 0, "packed": 0, "unpacked": 0}
@@ -25,9 +25,9 @@ COUNT = {"routed": 0, "packed": 0, "unpacked": 0}
 
 def hooks_tune(x, weight, gamma, beta, mean, var, eps, spec):
     """Tune's "weight" strategy in plain autograd operations; W' recomputed from (W, s) in backward."""
-    scale = gamma * torch.rsqrt(var + eps)
-    folded_w = weight * channel_view(scale, weight.dim())
-    folded_b = torch.addcmul(beta, -mean, scale)
+    scale = bn_scale(gamma, var, eps, weight.dtype)
+    folded_w = fold_weight(weight, scale)
+    folded_b = fold_bias(None, beta, mean, scale)
     key = (folded_w.data_ptr(), folded_w.shape)
 
     def pack(t):
@@ -39,7 +39,7 @@ def hooks_tune(x, weight, gamma, beta, mean, var, eps, spec):
     def unpack(p):
         if isinstance(p, tuple):
             COUNT["unpacked"] += 1
-            return p[1] * channel_view(p[2], p[1].dim())
+            return fold_weight(p[1], p[2])
         return p
 
     COUNT["routed"] += 1

@@ -13,6 +13,7 @@ import torch
 
 import tllib_tune.modules.convbn as cb
 from tllib_tune import set_mode
+from tllib_tune.benchmark.stats import round_ratios
 from tllib_tune.models import get_model
 
 GENERIC_TUNE = cb._tune
@@ -94,6 +95,6 @@ def report(times: Dict[str, List[float]], pairs: Sequence[Tuple[str, str]]) -> N
     for k, ts in times.items():
         print(f"{k:8s} median step {st.median(ts):.4f} s")
     for a, b in pairs:
-        ratios = [u / v for u, v in zip(times[a], times[b])]
+        ratios = round_ratios(times[a], times[b])
         q = st.quantiles(ratios, n=4)
         print(f"{a}/{b}: median {st.median(ratios):.4f} (quartiles {q[0]:.4f}-{q[2]:.4f})")
